@@ -1,0 +1,82 @@
+"""The ASGE block: norm -> conv3x3 -> ReLU -> [context] -> Y; Y -> goodness -> fixed projection (local scores);
+Y -> [pool] -> dropout -> output for the next block."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .goodness import GoodnessProjection, spatial_goodness, GOODNESS_REDUCTIONS
+from .layers import create_context, create_norm, create_pool
+
+
+class ASGEBlock(nn.Module):
+    """One locally trained block. Knows nothing of training: it only computes.
+
+    Args:
+        in_channels, out_channels: conv widths C_{l-1} -> C_l.
+        in_size: spatial side H_l of the input (the conv keeps it; pooling halves it on the way out).
+        num_classes: N, the width of the fixed projection.
+        partition: P_l, patches per side for the goodness grid.
+        downsample: apply 2x2 stride-2 pooling (``pool``) to Y on the way out.
+        norm: entry norm (``layer``, ``rms``, ``none``); ``first=True`` makes a ``layer`` norm normalise the
+            whole image (GroupNorm with one group) instead of the channels at each pixel, which would turn a
+            1-channel image into zeros.
+        context: context module after the ReLU (``none``, ``sge``, ``gsop``, ...), ``context_options`` its kwargs.
+        generator: draws the fixed projection.
+
+    Shapes: x (B, C_{l-1}, H, W) -> Y (B, C_l, H, W) -> output (B, C_l, H/2, W/2) if ``downsample`` else Y's shape;
+    ``local_logits(Y)``: (B, N).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, in_size: int, num_classes: int, partition: int,
+                 downsample: bool = False, norm: str = "layer", pool: str = "rms", context: str = "none",
+                 context_options: Optional[dict] = None, dropout: float = 0.1, goodness: str = "mean",
+                 first: bool = False, generator: Optional[torch.Generator] = None, device=None, dtype=None):
+        super().__init__()
+        if goodness not in GOODNESS_REDUCTIONS:
+            raise ValueError(f"unknown goodness {goodness!r}; valid: {', '.join(GOODNESS_REDUCTIONS)}")
+        self.in_channels, self.out_channels, self.in_size = in_channels, out_channels, in_size
+        self.partition, self.downsample, self.goodness = partition, downsample, goodness
+        if first and norm == "layer":
+            self.norm = nn.GroupNorm(1, in_channels, eps=1e-5, device=device, dtype=dtype)
+        else:
+            self.norm = create_norm(norm, in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, device=device, dtype=dtype)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu", generator=generator)
+        nn.init.zeros_(self.conv.bias)
+        self.context = create_context(context, out_channels, feat_size=in_size, **(context_options or {}))
+        self.pool = create_pool(pool, 2) if downsample else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.projection = GoodnessProjection(out_channels * partition * partition, num_classes, generator,
+                                             device=device, dtype=dtype)
+
+    @property
+    def out_size(self) -> int:
+        return self.in_size // 2 if self.downsample else self.in_size
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Y_l = context(relu(conv(norm(x)))): (B, C_in, H, W) -> (B, C_out, H, W)."""
+        return self.context(F.relu(self.conv(self.norm(x))))
+
+    def transmit(self, y: torch.Tensor) -> torch.Tensor:
+        """What flows on to the next block: dropout(pool(Y))."""
+        return self.dropout(self.pool(y))
+
+    def local_logits(self, y: torch.Tensor) -> torch.Tensor:
+        """a_l = spatial_goodness(Y) @ W_l + b_l: (B, C_out, H, W) -> (B, N)."""
+        return self.projection(spatial_goodness(y, self.partition, self.goodness))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (Y, output)."""
+        y = self.features(x)
+        return y, self.transmit(y)
+
+    def conv_macs(self) -> int:
+        """Multiply-accumulates of the conv per image (for early-exit compute accounting)."""
+        return self.in_channels * self.out_channels * 9 * self.in_size * self.in_size
+
+    def extra_repr(self) -> str:
+        return f"partition={self.partition}, downsample={self.downsample}, goodness={self.goodness!r}"

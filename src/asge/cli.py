@@ -1,0 +1,195 @@
+"""The ``asge`` command: train, eval, and the subcommands that other modules add (ablate, bench, report).
+
+Bad input exits with code 2 and a one-line message, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import TrainConfig
+from .errors import AsgeError
+
+# Subcommands defined in their own modules: each has add_arguments(parser) and run(args) -> int.
+EXTRA_COMMANDS = {
+    "ablate": ("asge.ablate", "run a grid of pool x context settings and write a results table"),
+    "bench": ("asge.bench", "ASGE against backprop on the same batches: speed and memory"),
+    "report": ("asge.report", "plots, report.md and report.html from one or more run directories"),
+}
+
+
+def parse_channels(text: str) -> tuple[list[int], list[bool]]:
+    """``"128,256v,256,512v"`` -> ([128, 256, 256, 512], [False, True, False, True]); v = pool after."""
+    channels, down = [], []
+    for part in text.split(","):
+        part = part.strip()
+        v = part.endswith("v")
+        try:
+            c = int(part[:-1] if v else part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad --channels entry {part!r}: expected e.g. 128,256v,256 "
+                                             "(an int per block, v to pool after it)") from None
+        channels.append(c)
+        down.append(v)
+    return channels, down
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    import yaml
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"bad --context-option {text!r}: expected KEY=VALUE, e.g. groups=32")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for every TrainConfig field; defaults are None so that YAML and presets fill the gaps."""
+    a = p.add_argument
+    a("--config", help="YAML file of options (flags given here override it)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet")
+    g.add_argument("--data-root", help="where the dataset lives (fashion-mnist also finds Debian's package)")
+    g.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
+    g.add_argument("--subset", type=int, help="train on a random subset of N training images (from --seed)")
+    g.add_argument("--input-size", type=int, help="image side for imagefolder/imagenet")
+    g.add_argument("--num-workers", type=int, help="data loader workers (imagefolder/imagenet)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="preset: vgg8, vgg11, quick, digits")
+    g.add_argument("--width", type=float, help="width multiplier for the preset's channels")
+    g.add_argument("--channels", type=parse_channels, help="custom blocks, e.g. 64,128v,128,256v (v = pool after)")
+    g.add_argument("--alpha", type=float, help="partition granularity (P_l = floor(alpha*C_L/C_l)), default 1")
+    g.add_argument("--pool", help="rms (default), avg, max, soft")
+    g.add_argument("--norm", help="layer (default), rms, none")
+    g.add_argument("--goodness", help="patch energy: mean (default) or sum")
+    g.add_argument("--context", help="none, sge, gsop, gsop-spatial, ge-minus, ge, ge-plus")
+    g.add_argument("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
+                   help="option for the context module (repeatable), e.g. groups=32, extent=4")
+    g.add_argument("--context-blocks", type=lambda s: [int(x) for x in s.split(",")],
+                   help="1-based blocks that get the context module, e.g. 2,3,4 (default: all)")
+    g.add_argument("--dropout", type=float)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--method", help="asge (default) or bp (backprop baseline on the same blocks)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    g.add_argument("--head-lr", type=float, help="learning rate of the Fusion/Last heads (default: --lr)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--amp", help="none (default), bf16, fp16")
+    g.add_argument("--channels-last", action="store_true", default=None)
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
+    g.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<method>-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard events to the run")
+    g.add_argument("--progress", help="auto (default), bar, lines, none")
+
+
+CONFIG_FLAGS = ("dataset", "data_root", "download", "subset", "input_size", "num_workers", "model", "width",
+                "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout", "method", "epochs",
+                "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
+                "amp", "channels_last", "compile", "out", "tensorboard", "progress")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < the run's own config.yaml (when resuming) < --config YAML < flags."""
+    overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "channels", None) is not None:
+        overrides["channels"], overrides["downsample"] = args.channels
+    if getattr(args, "context_option", None):
+        overrides["context_options"] = dict(args.context_option)
+    base = {}
+    if getattr(args, "resume", False) and args.out and (Path(args.out) / "config.yaml").is_file():
+        from .run import RunDir
+        base = RunDir(args.out).read_config().to_dict()
+    if args.config:
+        import yaml
+        cfg = TrainConfig.from_yaml(args.config)
+        base.update({k: v for k, v in cfg.to_dict().items()})
+    base.update(overrides)
+    return TrainConfig.from_dict(base)
+
+
+def print_summary(s: dict, out: Optional[str]) -> None:
+    print(f"\n{s['method']} on {s['dataset']} ({s['model']}, channels {s['channels']}), "
+          f"{s['epochs']} epochs, best epoch {s['best_epoch']}")
+    if s["block_test_accuracy"]:
+        print("test accuracy per block: " + "  ".join(f"{i + 1}:{a:.2f}%" for i, a in
+                                                       enumerate(s["block_test_accuracy"])))
+    print("test accuracy per strategy: " + "  ".join(f"{k} {v:.2f}%" for k, v in s["test_accuracy"].items()))
+    if s.get("best_block"):
+        print(f"best block l* = {s['best_block']} (early exit uses {100 * s['best_compute_fraction']:.0f}% "
+              "of the conv compute)")
+    print(f"parameters: {s['parameters']}")
+    print(f"train time {s['train_seconds']:.1f}s, {s['images_per_second']:.0f} images/s on {s['device']}")
+    if out:
+        print(f"run directory: {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg.out is None:
+        cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from .train import fit
+    hooks = {}
+    if cfg.tensorboard and importlib.util.find_spec("asge.tensorboard") is not None:
+        hooks = importlib.import_module("asge.tensorboard").fit_hooks(cfg)
+    summary = fit(cfg, resume=args.resume, **hooks)
+    print_summary(summary, cfg.out)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    results = evaluate_run(args.run_dir, strategy=args.strategy, device=args.device, data_root=args.data_root,
+                           batch_size=args.batch_size)
+    for k, v in results.items():
+        print(f"{k}: {v:.2f}%" if isinstance(v, float) else f"{k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asge", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train a network by ASGE (or --method bp)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="test a finished run's best checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--strategy", default="all", help="fusion, last, best, or all (default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", help="override the run's data root")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_eval)
+    for name, (module, help_text) in EXTRA_COMMANDS.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AsgeError, ValueError) as e:
+        print(f"asge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

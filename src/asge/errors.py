@@ -1,0 +1,23 @@
+"""Errors that reach the user as a one-line message and exit code 2 (never a traceback)."""
+
+
+class AsgeError(Exception):
+    """Base class: bad input, damaged files, diverged runs."""
+
+
+class CheckpointError(AsgeError):
+    """A checkpoint is missing, damaged, or from another configuration."""
+
+
+class NonFiniteLossError(AsgeError):
+    """A local loss became NaN or inf. The last good checkpoint is kept."""
+
+    def __init__(self, block, step: int, epoch: int):
+        self.block, self.step, self.epoch = block, step, epoch
+        what = "the backprop loss" if block is None else f"the local loss of block {block}"
+        super().__init__(f"{what} became NaN or inf at step {step} of epoch {epoch}; "
+                         "stopped (the last good checkpoint is kept). Try a lower --lr or --amp none.")
+
+
+class RunDirError(AsgeError):
+    """A directory is not an asge run, or the run is not finished."""

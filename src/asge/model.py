@@ -1,0 +1,110 @@
+"""ASGENet: a stack of ASGE blocks, their local scores, and the three prediction strategies."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .block import ASGEBlock
+from .goodness import partition_factor
+from .heads import Heads, check_strategy
+from .presets import get_preset, scale_channels
+
+
+class ASGENet(nn.Module):
+    """VGG-style stack of :class:`ASGEBlock`, plus Last/Fusion heads and the Best-block choice.
+
+    Args:
+        channels: width of each block; downsample: whether each block pools 2x2 on the way out.
+        in_channels, num_classes, image_size: input (B, in_channels, image_size, image_size), N classes.
+        alpha: partition-granularity hyper-parameter (``P_l = clamp(floor(alpha*C_L/C_l), 1, H_l)``).
+        norm, pool, goodness, dropout: block options (see :class:`ASGEBlock`).
+        context, context_options, context_blocks: context module name, its kwargs, and the 1-based blocks
+            that get it (None = all blocks).
+        seed: draws the conv init and the fixed projections (the run's seed).
+
+    ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict.
+    """
+
+    def __init__(self, channels: Sequence[int], downsample: Sequence[bool], *, in_channels: int = 3,
+                 num_classes: int = 10, image_size: int = 32, alpha: float = 1.0, norm: str = "layer",
+                 pool: str = "rms", goodness: str = "mean", dropout: float = 0.1, context: str = "none",
+                 context_options: Optional[dict] = None, context_blocks: Optional[Sequence[int]] = None,
+                 seed: int = 0, device=None, dtype=None):
+        super().__init__()
+        if len(channels) == 0 or len(channels) != len(downsample):
+            raise ValueError(f"channels ({len(channels)}) and downsample ({len(downsample)}) must be non-empty "
+                             "lists of the same length")
+        if context_blocks is not None:
+            bad = [b for b in context_blocks if not 1 <= b <= len(channels)]
+            if bad:
+                raise ValueError(f"context_blocks {bad} out of range 1..{len(channels)}")
+        self.num_classes, self.image_size, self.alpha = num_classes, image_size, alpha
+        generator = torch.Generator().manual_seed(seed)
+        blocks, size, c_in = [], image_size, in_channels
+        for i, (c, down) in enumerate(zip(channels, downsample)):
+            if size < 1 or (down and size < 2):
+                raise ValueError(f"block {i + 1} would see a {size}x{size} map: too many downsampling blocks "
+                                 f"for {image_size}px images")
+            use_ctx = context_blocks is None or (i + 1) in context_blocks
+            blocks.append(ASGEBlock(
+                c_in, c, in_size=size, num_classes=num_classes,
+                partition=partition_factor(c, channels[-1], alpha, size), downsample=bool(down), norm=norm,
+                pool=pool, context=context if use_ctx else "none", context_options=context_options,
+                dropout=dropout, goodness=goodness, first=(i == 0), generator=generator,
+                device=device, dtype=dtype))
+            c_in, size = c, blocks[-1].out_size
+        self.blocks = nn.ModuleList(blocks)
+        self.heads = Heads(list(channels), num_classes, device=device, dtype=dtype)
+        self.register_buffer("best_block", torch.zeros((), dtype=torch.long, device=device))
+
+    @classmethod
+    def from_preset(cls, name: str, *, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
+                    image_size: Optional[int] = None, **kwargs) -> "ASGENet":
+        """Build ``vgg8``, ``vgg11``, ``quick`` or ``digits`` with a width multiplier."""
+        p = get_preset(name)
+        return cls(scale_channels(p["channels"], width), p["downsample"], in_channels=in_channels,
+                   num_classes=num_classes, image_size=image_size or p["image_size"], **kwargs)
+
+    @property
+    def channels(self) -> list[int]:
+        return [b.out_channels for b in self.blocks]
+
+    def forward_features(self, x: torch.Tensor, upto: Optional[int] = None):
+        """Run blocks 1..``upto`` (all by default). Returns (list of Y_l, list of GAP(Y_l) (B, C_l))."""
+        ys, feats = [], []
+        for block in self.blocks[:upto]:
+            y, x = block(x)
+            ys.append(y)
+            feats.append(y.mean(dim=(2, 3)))
+        return ys, feats
+
+    def block_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's local scores a_l, each (B, N)."""
+        ys, _ = self.forward_features(x)
+        return [b.local_logits(y) for b, y in zip(self.blocks, ys)]
+
+    def predict(self, x: torch.Tensor, strategy: str = "fusion") -> torch.Tensor:
+        """Class scores (B, N) by ``fusion``, ``last`` or ``best`` (early exit after block l*)."""
+        check_strategy(strategy)
+        if strategy == "best":
+            l_star = int(self.best_block)
+            if l_star < 1:
+                raise RuntimeError("the best block has not been chosen yet: train the network, or set "
+                                   "net.best_block (1-based) from validation accuracies")
+            ys, _ = self.forward_features(x, upto=l_star)
+            return self.blocks[l_star - 1].local_logits(ys[-1])
+        _, feats = self.forward_features(x)
+        return self.heads.fusion_logits(feats) if strategy == "fusion" else self.heads.last_logits(feats)
+
+    def parameter_counts(self) -> dict:
+        """Trainable parameters of the blocks and of each strategy's classifier (Best has none)."""
+        count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+        return {"blocks": count(self.blocks), "fusion": count(self.heads.fusion),
+                "last": count(self.heads.last), "best": 0}
+
+    def compute_fraction(self, upto: int) -> float:
+        """Share of the conv multiply-accumulates spent by blocks 1..``upto`` (early-exit cost)."""
+        macs = [b.conv_macs() for b in self.blocks]
+        return sum(macs[:upto]) / sum(macs)

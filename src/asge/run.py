@@ -1,0 +1,140 @@
+"""The run directory: config.yaml, metrics.jsonl, atomic checkpoints, summary.json.
+
+    RUN/config.yaml          the resolved TrainConfig
+    RUN/metrics.jsonl        one JSON object per epoch
+    RUN/checkpoints/last.pt  everything needed to resume (model, optimizers, schedulers, RNG)
+    RUN/checkpoints/best.pt  the model at the best validation accuracy
+    RUN/summary.json         written when the run ends: test accuracies, parameters, timing
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from .config import TrainConfig
+from .errors import CheckpointError, RunDirError
+
+CHECKPOINT_FORMAT = "asge-checkpoint-1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory, fsync, then rename over ``path``: a kill during the
+    write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write(Path(path), lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True`` (never unpickles code). Damaged or foreign files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickles with code: all refused the same way
+        raise CheckpointError(f"checkpoint {path} is damaged or not an asge checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an asge checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, state: dict, source: Path) -> None:
+    """``load_state_dict`` that names the mismatch instead of dumping a traceback."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(s for s in (
+            f"missing {missing[:4]}" if missing else "", f"unexpected {unexpected[:4]}" if unexpected else "",
+            f"shape differs for {shapes[:4]}" if shapes else "") if s)
+        raise CheckpointError(f"checkpoint {source} comes from another configuration: {detail}")
+    model.load_state_dict(state)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    summary_file = property(lambda self: self.path / "summary.json")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
+
+    def create(self, cfg: TrainConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(self.config_file, lambda f: f.write(text.encode()))
+
+    def read_config(self) -> TrainConfig:
+        if not self.config_file.is_file():
+            raise RunDirError(f"{self.path} is not an asge run directory (no config.yaml)")
+        return TrainConfig.from_dict(yaml.safe_load(self.config_file.read_text()))
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Drop records after ``last_epoch`` (written after the checkpoint a resumed run restarts from)."""
+        keep = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        atomic_write(self.metrics_file, lambda f: f.write(text.encode()))
+
+    def write_summary(self, summary: dict) -> None:
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(self.summary_file, lambda f: f.write(text.encode()))
+
+    def read_summary(self) -> dict:
+        if not self.config_file.is_file():
+            raise RunDirError(f"{self.path} is not an asge run directory (no config.yaml)")
+        if not self.summary_file.is_file():
+            raise RunDirError(f"{self.path} is a run that has not finished (no summary.json yet)")
+        return json.loads(self.summary_file.read_text())
+
+    def checkpoint_exists(self) -> bool:
+        return self.last_checkpoint.is_file()
+
+    @staticmethod
+    def rng_state() -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def set_rng_state(state: Optional[dict]) -> None:
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

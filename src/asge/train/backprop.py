@@ -1,0 +1,87 @@
+"""The backpropagation baseline: the same blocks, trained end to end through GAP + the Last head."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import NonFiniteLossError
+from .local import make_optimizer
+
+
+class Backprop:
+    """One AdamW over every block and the Last head, same schedule as ASGE. Blocks are not detached."""
+
+    name = "bp"
+
+    def __init__(self, net, cfg, total_steps: int, device: torch.device,
+                 sync_grads: Optional[Callable[[nn.Module], None]] = None):
+        self.net, self.cfg, self.device, self.sync_grads = net, cfg, device, sync_grads
+        params = list(net.blocks.parameters()) + list(net.heads.last.parameters())
+        self.opt, self.sched = make_optimizer(params, cfg.lr, cfg.weight_decay, total_steps, cfg.min_lr)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.reset_stats()
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        with self.autocast():
+            h = x
+            for block in self.net.blocks:
+                y, h = block(h)
+            logits = self.net.heads.last(y.float().mean(dim=(2, 3)))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if self.sync_grads is not None:
+                self.sync_grads(self.net)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if self.sync_grads is not None:
+                self.sync_grads(self.net)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.sched.step()
+        loss = loss.detach()
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step,
+                                          self.first_bad_step)
+        self.loss_sum += loss * labels.shape[0]
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += labels.shape[0]
+
+    def reset_stats(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.seen = 0
+
+    def check_finite(self, epoch: int) -> None:
+        s = int(self.first_bad_step)
+        if s >= 0:
+            raise NonFiniteLossError(block=None, step=s, epoch=epoch)
+
+    def running(self) -> dict:
+        n = max(self.seen, 1)
+        return {"loss": float(self.loss_sum) / n, "acc": 100.0 * float(self.correct) / n}
+
+    def epoch_stats(self) -> dict:
+        r = self.running()
+        return {"loss": r["loss"], "last_acc": r["acc"]}
+
+    def lrs(self) -> dict:
+        return {"blocks": self.opt.param_groups[0]["lr"]}
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,162 @@
+"""The ASGE algorithm, top to bottom.
+
+For every batch, for every block l:
+    X_l is detached (no gradient ever crosses a block boundary),
+    Y_l = block_l.features(X_l),  a_l = W_l g(Y_l) + b_l  (fixed random projection of patch goodness),
+    X_{l+1} = block_l.transmit(Y_l) is handed on *before* block l's update (the seed's two branches),
+    block l's own optimizer steps on CrossEntropy(a_l, y).
+The Last and Fusion heads then learn from the detached GAP(Y_l) features with their own optimizer.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..block import ASGEBlock
+from ..errors import NonFiniteLossError
+
+
+def make_optimizer(params, lr: float, weight_decay: float, total_steps: int, min_lr: float):
+    """AdamW with a per-step cosine schedule from ``lr`` to ``min_lr`` over ``total_steps``."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=min(min_lr, lr))
+    return opt, sched
+
+
+def block_step(block: ASGEBlock, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, *,
+               label_smoothing: float = 0.0, autocast=contextlib.nullcontext,
+               scaler: Optional[torch.amp.GradScaler] = None,
+               sync_grads: Optional[Callable[[nn.Module], None]] = None):
+    """One local update of one block; the unit that the sequential, pipelined and data-parallel modes share.
+
+    x: (B, C_in, H, W), detached here. Returns (output for the next block, detached; GAP(Y) (B, C_out),
+    detached; the local loss (0-dim); the number of correct local predictions (0-dim)). No host sync.
+    """
+    x = x.detach()
+    with autocast():
+        y = block.features(x)
+        logits = block.local_logits(y)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    with torch.no_grad(), autocast():
+        out = block.transmit(y)                      # branch 1: flows on, computed before the update
+    feat = y.detach().float().mean(dim=(2, 3))
+    optimizer.zero_grad(set_to_none=True)            # branch 2: the block learns from its own loss
+    if scaler is None:
+        loss.backward()
+        if sync_grads is not None:
+            sync_grads(block)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        if sync_grads is not None:
+            sync_grads(block)
+        scaler.step(optimizer)
+        scaler.update()
+    return out, feat, loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+
+class LocalLearning:
+    """Per-block optimizers and schedules, the heads' optimizer, and device-side running statistics."""
+
+    name = "asge"
+
+    def __init__(self, net, cfg, total_steps: int, device: torch.device,
+                 sync_grads: Optional[Callable[[nn.Module], None]] = None):
+        self.net, self.cfg, self.sync_grads = net, cfg, sync_grads
+        self.num_blocks = len(net.blocks)
+        self.block_opts = [make_optimizer(b.parameters(), cfg.lr, cfg.weight_decay, total_steps, cfg.min_lr)
+                           for b in net.blocks]
+        self.head_opt = make_optimizer(net.heads.parameters(), cfg.head_lr or cfg.lr, cfg.weight_decay,
+                                       total_steps, cfg.min_lr)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        self.scalers = ([torch.amp.GradScaler(device.type) for _ in net.blocks] if cfg.amp == "fp16"
+                        else [None] * self.num_blocks)
+        self.device = device
+        self.reset_stats()
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        h, feats, losses, correct = x, [], [], []
+        for block, (opt, sched), scaler in zip(self.net.blocks, self.block_opts, self.scalers):
+            h, feat, loss, right = block_step(block, opt, h, labels, label_smoothing=self.cfg.label_smoothing,
+                                              autocast=self.autocast, scaler=scaler, sync_grads=self.sync_grads)
+            sched.step()
+            feats.append(feat)
+            losses.append(loss)
+            correct.append(right)
+        head_correct = self.heads_step(feats, labels)
+        self.record(torch.stack(losses), torch.stack(correct + head_correct), labels.shape[0], step)
+
+    def heads_step(self, feats: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
+        """Fusion and Last heads on detached features (their parameters are disjoint: one summed loss)."""
+        opt, sched = self.head_opt
+        fusion, last = self.net.heads(feats)
+        loss = F.cross_entropy(fusion, labels) + F.cross_entropy(last, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.sync_grads is not None:
+            self.sync_grads(self.net.heads)
+        opt.step()
+        sched.step()
+        self.head_loss_sum += loss.detach()
+        return [(fusion.argmax(1) == labels).sum(), (last.argmax(1) == labels).sum()]
+
+    # -- statistics (device tensors; one host sync per read) ------------------------------------------------
+    def reset_stats(self) -> None:
+        L = self.num_blocks
+        self.loss_sum = torch.zeros(L, device=self.device)
+        self.correct = torch.zeros(L + 2, dtype=torch.long, device=self.device)   # blocks, fusion, last
+        self.head_loss_sum = torch.zeros((), device=self.device)
+        self.first_bad_step = torch.full((L,), -1, dtype=torch.long, device=self.device)
+        self.seen = 0
+        self.steps = 0
+
+    def record(self, losses: torch.Tensor, correct: torch.Tensor, batch: int, step: int) -> None:
+        bad = ~torch.isfinite(losses)
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad, step, self.first_bad_step)
+        self.loss_sum += losses * batch
+        self.correct += correct
+        self.seen += batch
+        self.steps += 1
+
+    def check_finite(self, epoch: int) -> None:
+        bad = self.first_bad_step.tolist()
+        for l, s in enumerate(bad):
+            if s >= 0:
+                raise NonFiniteLossError(block=l + 1, step=s, epoch=epoch)
+
+    def running(self) -> dict:
+        """Live numbers for the progress bar: last block's loss and the fusion accuracy so far."""
+        n = max(self.seen, 1)
+        return {"loss": float(self.loss_sum[-1]) / n, "acc": 100.0 * float(self.correct[-2]) / n}
+
+    def epoch_stats(self) -> dict:
+        n = max(self.seen, 1)
+        acc = (100.0 * self.correct.double() / n).tolist()
+        L = self.num_blocks
+        return {"block_loss": (self.loss_sum / n).tolist(), "block_acc": acc[:L], "fusion_acc": acc[L],
+                "last_acc": acc[L + 1], "head_loss": float(self.head_loss_sum) / max(self.steps, 1)}
+
+    def lrs(self) -> dict:
+        return {"blocks": self.block_opts[0][0].param_groups[0]["lr"], "heads": self.head_opt[0].param_groups[0]["lr"]}
+
+    # -- checkpointing ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"blocks": [{"opt": o.state_dict(), "sched": s.state_dict()} for o, s in self.block_opts],
+                "heads": {"opt": self.head_opt[0].state_dict(), "sched": self.head_opt[1].state_dict()},
+                "scalers": [s.state_dict() if s is not None else {} for s in self.scalers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for (o, s), st in zip(self.block_opts, state["blocks"]):
+            o.load_state_dict(st["opt"])
+            s.load_state_dict(st["sched"])
+        self.head_opt[0].load_state_dict(state["heads"]["opt"])
+        self.head_opt[1].load_state_dict(state["heads"]["sched"])
+        for sc, st in zip(self.scalers, state.get("scalers", [])):
+            if sc is not None and st:
+                sc.load_state_dict(st)

@@ -1,0 +1,247 @@
+"""The epoch loop shared by ASGE and the backprop baseline: data, model, run directory, evaluation, test.
+
+``fit(cfg)`` is what ``asge train`` calls. The algorithm itself lives in ``local.py`` (and ``backprop.py``);
+this file only drives it: seeds every epoch, checkpoints atomically after every epoch, resumes bit-exactly,
+picks the best-validation checkpoint and tests it with every prediction strategy.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data import load_data
+from ..errors import AsgeError, CheckpointError
+from ..model import ASGENet
+from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else is validated by torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AsgeError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AsgeError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def build_model(cfg: TrainConfig, info) -> ASGENet:
+    """The network ``cfg`` describes, for data with ``info`` (channels, classes, image size)."""
+    common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
+                  alpha=cfg.alpha, norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout,
+                  context=cfg.context, context_options=cfg.context_options, context_blocks=cfg.context_blocks,
+                  seed=cfg.seed)
+    if cfg.channels is not None:
+        return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
+    return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch's randomness (order, augmentation, dropout) comes from (seed, epoch): resuming is exact."""
+    return seed * 1_000_003 + epoch
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    return (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+
+@torch.no_grad()
+def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
+             channels_last: bool = False) -> dict:
+    """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads."""
+    net.eval()
+    L = len(net.blocks)
+    correct = torch.zeros(L + 2, dtype=torch.long, device=device)
+    loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
+    n = 0
+    for x, y in split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            ys, feats = net.forward_features(x)
+            logits = [b.local_logits(y_) for b, y_ in zip(net.blocks, ys)] + list(net.heads(feats))
+        scores = torch.stack([s.float() for s in logits])                       # (L + 2, B, N)
+        ce = F.cross_entropy(scores.flatten(0, 1), y.repeat(L + 2), reduction="none")
+        loss += ce.view(L + 2, -1).sum(1).double()
+        correct += (scores.argmax(-1) == y).sum(1)
+        n += y.shape[0]
+    acc = (100.0 * correct.double() / max(n, 1)).tolist()
+    loss = (loss / max(n, 1)).tolist()
+    return {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
+            "fusion_loss": loss[L], "last_loss": loss[L + 1]}
+
+
+def strategy_scores(method: str, ev: dict) -> dict:
+    """Each strategy's accuracy from an ``evaluate`` result (bp has only Last)."""
+    if method == "bp":
+        return {"last": ev["last_acc"]}
+    return {"fusion": ev["fusion_acc"], "last": ev["last_acc"], "best": max(ev["block_acc"])}
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines otherwise (or nothing)."""
+
+    def __init__(self, mode: str, total: int, desc: str):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.total, self.desc = mode, total, desc
+        self.every = max(1, total // (20 if mode == "bar" else 4))
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def wants(self, step: int) -> bool:
+        return self.mode != "none" and ((step + 1) % self.every == 0 or step + 1 == self.total)
+
+    def update(self, step: int, stats: dict) -> None:
+        text = f"loss {stats['loss']:.4f} acc {stats['acc']:.2f}%"
+        if self.bar is not None:
+            self.bar.n = step + 1
+            self.bar.set_postfix_str(text)
+        else:
+            print(f"  {self.desc} step {step + 1}/{self.total}  {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+        log: Callable[[str], None] = print, method_kwargs: Optional[dict] = None) -> dict:
+    """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
+
+    With ``cfg.out`` everything is written to that run directory; ``resume=True`` continues its last
+    checkpoint. ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
+    """
+    from . import METHODS
+    cfg.validate()
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    run = RunDir(cfg.out) if cfg.out else None
+    ckpt = None
+    if run is not None and run.checkpoint_exists():
+        if not resume:
+            raise AsgeError(f"{run.path} already holds a run; pass --resume to continue it, or choose "
+                            "another --out")
+        ckpt = load_checkpoint(run.last_checkpoint)
+        saved = TrainConfig.from_dict(ckpt["config"]).architecture()
+        diff = sorted(k for k, v in cfg.architecture().items() if saved.get(k) != v)
+        if diff:
+            raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
+                                  f"checkpoint's in {', '.join(f'{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})' for k in diff)}")
+
+    data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, subset=cfg.subset, seed=cfg.seed,
+                     device=device, input_size=cfg.input_size, num_workers=cfg.num_workers)
+    net = build_model(cfg, data.info).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    steps_per_epoch = data.train.num_batches(cfg.batch_size)
+    method = METHODS[cfg.method](net, cfg, steps_per_epoch * cfg.epochs, device, **(method_kwargs or {}))
+    autocast = autocast_for(cfg, device)
+
+    start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
+    if ckpt is not None:
+        load_model_state(net, ckpt["model"], run.last_checkpoint)
+        method.load_state_dict(ckpt["method"])
+        RunDir.set_rng_state(ckpt.get("rng"))
+        start, best = ckpt["epoch"] + 1, ckpt["best"]
+        train_seconds, images = ckpt["train_seconds"], ckpt["images"]
+        run.truncate_metrics(ckpt["epoch"])
+        log(f"resuming {run.path} after epoch {ckpt['epoch']}/{cfg.epochs}")
+    elif run is not None:
+        run.create(cfg)
+        run.truncate_metrics(0)
+
+    for epoch in range(start, cfg.epochs + 1):
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        net.train()
+        method.reset_stats()
+        bar = Progress(cfg.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
+        t0 = time.perf_counter()
+        try:
+            for step, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, augment=True,
+                                                             seed=seed, device=device)):
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                method.train_step(x, y, step)
+                if bar.wants(step):
+                    method.check_finite(epoch)
+                    bar.update(step, method.running())
+            method.check_finite(epoch)
+            train = method.epoch_stats()      # host sync: the epoch's work is done
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        images += method.seen
+        val = evaluate(net, data.val, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
+        scores = strategy_scores(cfg.method, val)
+        record = {"epoch": epoch, "train": train, "val": val, "val_strategy": scores, "lr": method.lrs(),
+                  "seconds": seconds, "images_per_second": method.seen / max(seconds, 1e-9)}
+        score = scores["fusion" if cfg.method == "asge" else "last"]
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "val": val}
+            if run is not None:
+                save_checkpoint(run.best_checkpoint, {"epoch": epoch, "config": cfg.to_dict(),
+                                                      "model": net.state_dict()})
+            else:
+                best_state = copy.deepcopy(net.state_dict())
+        if run is not None:
+            run.append_metrics(record)
+            save_checkpoint(run.last_checkpoint, {
+                "epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
+                "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images})
+        log(format_epoch(cfg, record))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    # Test the best-validation model with every strategy.
+    if run is not None:
+        load_model_state(net, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint)
+    elif best_state is not None:
+        net.load_state_dict(best_state)
+    test = evaluate(net, data.test, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
+    summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
+               "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
+               "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
+               "val_accuracy": strategy_scores(cfg.method, best["val"])}
+    counts = net.parameter_counts()
+    if cfg.method == "asge":
+        l_star = 1 + max(range(len(net.blocks)), key=lambda i: best["val"]["block_acc"][i])
+        net.best_block.fill_(l_star)
+        summary["test_accuracy"]["best"] = test["block_acc"][l_star - 1]
+        summary.update(block_test_accuracy=test["block_acc"], block_val_accuracy=best["val"]["block_acc"],
+                       best_block=l_star, best_compute_fraction=net.compute_fraction(l_star),
+                       parameters=counts)
+    else:
+        summary.update(block_test_accuracy=[], best_block=None,
+                       parameters={"blocks": counts["blocks"], "last": counts["last"]})
+    summary.update(train_seconds=train_seconds, images_per_second=images / max(train_seconds, 1e-9),
+                   device=str(device), torch=torch.__version__)
+    if run is not None:
+        save_checkpoint(run.best_checkpoint, {"epoch": best["epoch"], "config": cfg.to_dict(),
+                                              "model": net.state_dict()})
+        run.write_summary(summary)
+    return summary
+
+
+def format_epoch(cfg: TrainConfig, r: dict) -> str:
+    s = r["val_strategy"]
+    head = f"epoch {r['epoch']:>3}/{cfg.epochs}  {r['seconds']:6.1f}s  {r['images_per_second']:7.0f} img/s  val "
+    if cfg.method == "bp":
+        return head + f"last {s['last']:.2f}%  train loss {r['train']['loss']:.4f}"
+    blocks = " ".join(f"{a:.1f}" for a in r["val"]["block_acc"])
+    return head + f"fusion {s['fusion']:.2f}%  last {s['last']:.2f}%  best {s['best']:.2f}%  blocks [{blocks}]"
