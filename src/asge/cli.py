@@ -139,10 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.out is None:
         cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .train import fit
-    hooks = {}
-    if cfg.tensorboard and importlib.util.find_spec("asge.tensorboard") is not None:
-        hooks = importlib.import_module("asge.tensorboard").fit_hooks(cfg)
-    summary = fit(cfg, resume=args.resume, **hooks)
+    summary = fit(cfg, resume=args.resume)
     print_summary(summary, cfg.out)
     return 0
 

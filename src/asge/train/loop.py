@@ -164,6 +164,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         run.create(cfg)
         run.truncate_metrics(0)
 
+    board = None
+    if cfg.tensorboard and run is not None:
+        from ..tensorboard import TensorBoardLogger
+        board = TensorBoardLogger(run.path)
+
     for epoch in range(start, cfg.epochs + 1):
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)
@@ -204,6 +209,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             save_checkpoint(run.last_checkpoint, {
                 "epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
                 "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images})
+        if board is not None:
+            board.log_epoch(epoch, record)
         log(format_epoch(cfg, record))
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
@@ -235,6 +242,9 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         save_checkpoint(run.best_checkpoint, {"epoch": best["epoch"], "config": cfg.to_dict(),
                                               "model": net.state_dict()})
         run.write_summary(summary)
+    if board is not None:
+        board.log_summary(summary)
+        board.close()
     return summary
 
 
