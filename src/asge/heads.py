@@ -1,7 +1,8 @@
 """Prediction heads on globally average-pooled block features: Last, Fusion. (Best needs no head.)"""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -22,12 +23,17 @@ class Heads(nn.Module):
     ``feats`` is the list of GAP(Y_l), each (B, C_l); outputs are (B, N).
     """
 
-    def __init__(self, channels: Sequence[int], num_classes: int, device=None, dtype=None):
+    def __init__(self, channels: Sequence[int], num_classes: int, generator: Optional[torch.Generator] = None,
+                 device=None, dtype=None):
         super().__init__()
         self.fusion_from = 1 if len(channels) > 1 else 0   # 0-based index of the first fused block
         self.last = nn.Linear(channels[-1], num_classes, device=device, dtype=dtype)
         self.fusion = nn.ModuleList(nn.Linear(c, num_classes, device=device, dtype=dtype)
                                     for c in channels[self.fusion_from:])
+        for linear in [self.last, *self.fusion]:     # nn.Linear's default init, drawn from ``generator``
+            bound = 1.0 / math.sqrt(linear.in_features)
+            nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
 
     def last_logits(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.last(feats[-1])

@@ -56,7 +56,7 @@ class ASGENet(nn.Module):
                 device=device, dtype=dtype))
             c_in, size = c, blocks[-1].out_size
         self.blocks = nn.ModuleList(blocks)
-        self.heads = Heads(list(channels), num_classes, device=device, dtype=dtype)
+        self.heads = Heads(list(channels), num_classes, generator, device=device, dtype=dtype)
         self.register_buffer("best_block", torch.zeros((), dtype=torch.long, device=device))
 
     @classmethod

@@ -119,17 +119,24 @@ class Progress:
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
-        log: Callable[[str], None] = print, method_kwargs: Optional[dict] = None) -> dict:
+        log: Callable[[str], None] = print, method_kwargs: Optional[dict] = None,
+        method_factory: Optional[Callable] = None, world=None) -> dict:
     """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
 
     With ``cfg.out`` everything is written to that run directory; ``resume=True`` continues its last
     checkpoint. ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
+
+    Hooks for the pipelined and data-parallel modes (``pipeline.py``, ``distributed.py``):
+    ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``; ``world`` (rank,
+    is_main, device, rng_seed(seed), broadcast_object(obj), broadcast_module(net)) makes this one rank of
+    a data-parallel group: only the main rank writes the run directory, evaluates and tests.
     """
     from . import METHODS
     cfg.validate()
     cfg = cfg.resolved()
-    device = resolve_device(cfg.device)
-    run = RunDir(cfg.out) if cfg.out else None
+    device = resolve_device(cfg.device) if world is None else world.device
+    main = world is None or world.is_main
+    run = RunDir(cfg.out) if cfg.out and main else None
     ckpt = None
     if run is not None and run.checkpoint_exists():
         if not resume:
@@ -144,25 +151,32 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
 
     data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, subset=cfg.subset, seed=cfg.seed,
                      device=device, input_size=cfg.input_size, num_workers=cfg.num_workers)
+    torch.manual_seed(cfg.seed)    # modules that draw their init from the global RNG (context layers)
     net = build_model(cfg, data.info).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     steps_per_epoch = data.train.num_batches(cfg.batch_size)
-    method = METHODS[cfg.method](net, cfg, steps_per_epoch * cfg.epochs, device, **(method_kwargs or {}))
+    method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
+                                                      **(method_kwargs or {}))
     autocast = autocast_for(cfg, device)
 
     start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
+    if world is not None:                 # every rank starts from the main rank's weights and checkpoint
+        ckpt = world.broadcast_object(ckpt)
     if ckpt is not None:
-        load_model_state(net, ckpt["model"], run.last_checkpoint)
+        load_model_state(net, ckpt["model"], cfg.out)
         method.load_state_dict(ckpt["method"])
         RunDir.set_rng_state(ckpt.get("rng"))
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         train_seconds, images = ckpt["train_seconds"], ckpt["images"]
-        run.truncate_metrics(ckpt["epoch"])
-        log(f"resuming {run.path} after epoch {ckpt['epoch']}/{cfg.epochs}")
+        if run is not None:
+            run.truncate_metrics(ckpt["epoch"])
+        log(f"resuming {cfg.out} after epoch {ckpt['epoch']}/{cfg.epochs}")
     elif run is not None:
         run.create(cfg)
         run.truncate_metrics(0)
+    if world is not None:
+        world.broadcast_module(net)
 
     board = None
     if cfg.tensorboard and run is not None:
@@ -171,7 +185,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
 
     for epoch in range(start, cfg.epochs + 1):
         seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
+        rng_seed = seed if world is None else world.rng_seed(seed)   # data order: seed; dropout: rng_seed
+        torch.manual_seed(rng_seed)
+        if hasattr(method, "start_epoch"):
+            method.start_epoch(rng_seed)
         net.train()
         method.reset_stats()
         bar = Progress(cfg.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
@@ -190,6 +207,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
+        if not main:
+            continue
         train_seconds += seconds
         images += method.seen
         val = evaluate(net, data.val, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
@@ -215,6 +234,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
 
+    if not main:
+        return {"rank": world.rank}
     # Test the best-validation model with every strategy.
     if run is not None:
         load_model_state(net, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint)
