@@ -84,9 +84,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        from .heads import STRATEGIES  # noqa: F401  (keeps imports light for the CLI)
+        from .data import DATASETS
         from .layers import CONTEXTS, NORMS, POOLS
         from .presets import PRESETS
+        if self.dataset.lower().replace("_", "-") not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.model not in PRESETS:
