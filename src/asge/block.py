@@ -45,7 +45,7 @@ class ASGEBlock(nn.Module):
         else:
             self.norm = create_norm(norm, in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, device=device, dtype=dtype)
-        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu", generator=generator)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu", generator=generator)
         nn.init.zeros_(self.conv.bias)
         self.context = create_context(context, out_channels, feat_size=in_size, **(context_options or {}))
         self.pool = create_pool(pool, 2) if downsample else nn.Identity()

@@ -38,7 +38,7 @@ class TrainConfig:
     epochs: Optional[int] = None          # None: the preset's default
     batch_size: int = 128
     lr: Optional[float] = None            # None: the preset's default
-    head_lr: Optional[float] = None       # None: same as lr
+    head_lr: Optional[float] = None       # None: the preset's head_lr, else lr
     weight_decay: float = 1e-3
     min_lr: float = 1e-5
     label_smoothing: float = 0.0
@@ -48,12 +48,13 @@ class TrainConfig:
     amp: str = "none"                     # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
+    pipeline: int = 1                     # stages (processes) of a pipelined ASGE run; 1 = sequential
     out: Optional[str] = None
     tensorboard: bool = False
     progress: str = "auto"                # auto | bar | lines | none
 
     # Keys that may differ between a run and its resumption.
-    RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root")
+    RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -103,6 +104,8 @@ class TrainConfig:
         for name in ("batch_size",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pipeline < 1:
+            raise ValueError(f"pipeline must be >= 1 (stages), got {self.pipeline}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.subset is not None and self.subset < 1:
@@ -111,10 +114,12 @@ class TrainConfig:
             raise ValueError("channels and downsample must be given together (one entry per block)")
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the preset's defaults filled in (epochs, lr)."""
+        """A copy with the preset's defaults filled in: epochs, lr, and head_lr (the preset's, else lr)."""
         from .presets import get_preset
         p = get_preset(self.model)
-        return dataclasses.replace(self, epochs=self.epochs or p["epochs"], lr=self.lr or p["lr"])
+        lr = self.lr or p["lr"]
+        head_lr = self.head_lr or p.get("head_lr") or lr
+        return dataclasses.replace(self, epochs=self.epochs or p["epochs"], lr=lr, head_lr=head_lr)
 
     def architecture(self) -> dict:
         """Everything that shapes the network's state dict (compared when resuming or evaluating)."""
