@@ -47,7 +47,8 @@ class ASGEBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, device=device, dtype=dtype)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu", generator=generator)
         nn.init.zeros_(self.conv.bias)
-        self.context = create_context(context, out_channels, feat_size=in_size, **(context_options or {}))
+        self.context = create_context(context, out_channels, feat_size=in_size, device=device, dtype=dtype,
+                                      **(context_options or {}))
         self.pool = create_pool(pool, 2) if downsample else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.projection = GoodnessProjection(out_channels * partition * partition, num_classes, generator,
