@@ -87,6 +87,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", help="none (default), bf16, fp16")
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
+    g.add_argument("--pipeline", type=int, metavar="K",
+                   help="run the blocks as K pipelined stages, one process each (ASGE; same result as K=1)")
     g.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<method>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard events to the run")
@@ -96,7 +98,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 CONFIG_FLAGS = ("dataset", "data_root", "download", "subset", "input_size", "num_workers", "model", "width",
                 "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
-                "amp", "channels_last", "compile", "out", "tensorboard", "progress")
+                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -138,8 +140,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.out is None:
         cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .train import fit
-    summary = fit(cfg, resume=args.resume)
+    from .train.distributed import fit_distributed, launched_by_torchrun
+    if launched_by_torchrun():            # torchrun --nproc_per_node=N -m asge train ...: one rank of N
+        if cfg.pipeline > 1:
+            raise AsgeError("--pipeline and torchrun data parallelism cannot be combined; use one of them")
+        summary = fit_distributed(cfg, resume=args.resume)
+        if "rank" in summary:             # not the main rank: rank 0 prints and writes the run
+            return 0
+    elif cfg.pipeline > 1:
+        from .train.pipeline import fit_pipeline
+        summary = fit_pipeline(cfg, resume=args.resume)
+    else:
+        from .train import fit
+        summary = fit(cfg, resume=args.resume)
     print_summary(summary, cfg.out)
     return 0
 

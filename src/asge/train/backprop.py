@@ -25,14 +25,19 @@ class Backprop:
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.forward = torch.compile(self.logits, dynamic=False) if getattr(cfg, "compile", False) else self.logits
         self.reset_stats()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Blocks end to end, then GAP and the Last head: (B, C, H, W) -> (B, N)."""
+        h = x
+        for block in self.net.blocks:
+            y, h = block(h)
+        return self.net.heads.last(y.float().mean(dim=(2, 3)))
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         with self.autocast():
-            h = x
-            for block in self.net.blocks:
-                y, h = block(h)
-            logits = self.net.heads.last(y.float().mean(dim=(2, 3)))
+            logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is None:

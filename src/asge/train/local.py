@@ -10,6 +10,7 @@ The Last and Fusion heads then learn from the detached GAP(Y_l) features with th
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -27,23 +28,75 @@ def make_optimizer(params, lr: float, weight_decay: float, total_steps: int, min
     return opt, sched
 
 
+def local_forward(block: ASGEBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part of a block's step that needs a graph: (Y, a_l) = (features(x), local_logits(Y))."""
+    y = block.features(x)
+    return y, block.local_logits(y)
+
+
+def compile_block(block: ASGEBlock) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``torch.compile`` of :func:`local_forward` for one block (forward and, through AOTAutograd, backward).
+
+    The dropout of ``transmit`` stays eager, so it draws the same random numbers as the uncompiled step.
+    """
+    return torch.compile(functools.partial(local_forward, block), dynamic=False)
+
+
+def dropout_seed(epoch_seed: int, step: int, block: int, stream: int = 0) -> int:
+    """Seed of block ``block``'s dropout mask at ``step`` of the epoch seeded ``epoch_seed`` (splitmix64 mix).
+
+    Every (epoch, step, block) has its own seed, so a pipeline stage that runs only some blocks draws the
+    same masks as the sequential loop; ``stream`` separates data-parallel ranks.
+    """
+    z = 0
+    for v in (epoch_seed, step, block, stream):
+        z = (z + v + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z & 0x7FFFFFFFFFFFFFFF
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: Optional[int], device: torch.device):
+    """Run the body with the global RNG of ``device`` (and the CPU's) seeded by ``seed``, then restore it.
+
+    ``seed=None``: the body draws from the global RNG as it is.
+    """
+    if seed is None:
+        yield
+        return
+    accel = device.type not in ("cpu", "meta")
+    with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def block_step(block: ASGEBlock, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor, *,
                label_smoothing: float = 0.0, autocast=contextlib.nullcontext,
                scaler: Optional[torch.amp.GradScaler] = None,
-               sync_grads: Optional[Callable[[nn.Module], None]] = None):
+               sync_grads: Optional[Callable[[nn.Module], None]] = None,
+               dropout_seed: Optional[int] = None,
+               handoff: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
+               forward: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None):
     """One local update of one block; the unit that the sequential, pipelined and data-parallel modes share.
 
     x: (B, C_in, H, W), detached here. Returns (output for the next block, detached; GAP(Y) (B, C_out),
     detached; the local loss (0-dim); the number of correct local predictions (0-dim)). No host sync.
+
+    ``dropout_seed``: seed of this step's dropout mask (None: the global RNG). ``handoff(out, feat)`` is
+    called with the output and GAP(Y) before the update (a pipeline stage sends them on from there).
+    ``forward``: replaces :func:`local_forward` (e.g. :func:`compile_block`'s result).
     """
-    x = x.detach()
+    x = x.detach()                                   # no gradient for the input: none is ever computed
     with autocast():
-        y = block.features(x)
-        logits = block.local_logits(y)
+        y, logits = local_forward(block, x) if forward is None else forward(x)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast(), seeded_rng(dropout_seed, y.device):
         out = block.transmit(y)                      # branch 1: flows on, computed before the update
     feat = y.detach().float().mean(dim=(2, 3))
+    if handoff is not None:
+        handoff(out, feat)
     optimizer.zero_grad(set_to_none=True)            # branch 2: the block learns from its own loss
     if scaler is None:
         loss.backward()
@@ -65,8 +118,10 @@ class LocalLearning:
     name = "asge"
 
     def __init__(self, net, cfg, total_steps: int, device: torch.device,
-                 sync_grads: Optional[Callable[[nn.Module], None]] = None):
-        self.net, self.cfg, self.sync_grads = net, cfg, sync_grads
+                 sync_grads: Optional[Callable[[nn.Module], None]] = None, stream: int = 0):
+        self.net, self.cfg, self.sync_grads, self.stream = net, cfg, sync_grads, stream
+        self.epoch_seed: Optional[int] = None        # set by start_epoch: seeds the dropout masks
+        self.forwards = [compile_block(b) if getattr(cfg, "compile", False) else None for b in net.blocks]
         self.num_blocks = len(net.blocks)
         self.block_opts = [make_optimizer(b.parameters(), cfg.lr, cfg.weight_decay, total_steps, cfg.min_lr)
                            for b in net.blocks]
@@ -80,17 +135,36 @@ class LocalLearning:
         self.reset_stats()
 
     # -- the step ---------------------------------------------------------------------------------------
+    def start_epoch(self, seed: int) -> None:
+        """Called by ``fit`` before each epoch with the epoch's seed: dropout masks are drawn from
+        (seed, step, block), so any subset of the blocks (a pipeline stage) draws the same masks."""
+        self.epoch_seed = seed
+
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
-        h, feats, losses, correct = x, [], [], []
-        for block, (opt, sched), scaler in zip(self.net.blocks, self.block_opts, self.scalers):
-            h, feat, loss, right = block_step(block, opt, h, labels, label_smoothing=self.cfg.label_smoothing,
-                                              autocast=self.autocast, scaler=scaler, sync_grads=self.sync_grads)
+        _, feats, losses, correct = self.run_blocks(x, labels, step, 0, self.num_blocks)
+        head_correct = self.heads_step(feats, labels)
+        self.record(torch.stack(losses), torch.stack(correct + head_correct), labels.shape[0], step)
+
+    def run_blocks(self, h: torch.Tensor, labels: torch.Tensor, step: int, lo: int, hi: int,
+                   handoff: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None):
+        """``block_step`` through blocks lo..hi-1 (0-based). ``handoff(out, feats)`` is called with the last
+        block's output and the GAP(Y_l) of blocks lo..hi-1, before that block's update.
+        Returns (output of block hi-1, [GAP(Y_l)], [loss_l], [correct_l])."""
+        feats, losses, correct = [], [], []
+        for l in range(lo, hi):
+            opt, sched = self.block_opts[l]
+            seed = None if self.epoch_seed is None else dropout_seed(self.epoch_seed, step, l, self.stream)
+            h, feat, loss, right = block_step(self.net.blocks[l], opt, h, labels,
+                                              label_smoothing=self.cfg.label_smoothing, autocast=self.autocast,
+                                              scaler=self.scalers[l], sync_grads=self.sync_grads,
+                                              dropout_seed=seed, forward=self.forwards[l],
+                                              handoff=None if handoff is None or l < hi - 1 else
+                                              (lambda out, feat, done=feats: handoff(out, done + [feat])))
             sched.step()
             feats.append(feat)
             losses.append(loss)
             correct.append(right)
-        head_correct = self.heads_step(feats, labels)
-        self.record(torch.stack(losses), torch.stack(correct + head_correct), labels.shape[0], step)
+        return h, feats, losses, correct
 
     def heads_step(self, feats: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
         """Fusion and Last heads on detached features (their parameters are disjoint: one summed loss)."""

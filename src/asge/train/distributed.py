@@ -1,0 +1,227 @@
+"""Data-parallel training: ``torchrun --nproc_per_node=N -m asge train ...``.
+
+Every rank builds the same network, receives the main rank's initial (or resumed) state, and walks the
+same global sequence of batches (same seed, same permutation); at every step rank r trains on its own
+contiguous slice of the global batch. Each block's gradient is all-reduced right after that block's
+backward (``block_step``'s ``sync_grads``), weighted by the slice's share of the batch, so every rank
+applies the update of the whole batch and the ranks stay identical; the heads likewise. Only rank 0 writes
+the run directory, evaluates and tests. Backend: NCCL on GPUs (rank r uses ``cuda:LOCAL_RANK``), gloo on
+CPU.
+
+Multi-node: torchrun's usual rendezvous, e.g. on each of 2 machines
+``torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29400 --rdzv_id=job1
+-m asge train ...``; the run directory is written by global rank 0 (resuming reads it there and sends the
+checkpoint to the other ranks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import socket
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import AsgeError
+
+#: How long a rank waits for the others (evaluation on rank 0 runs while the others wait).
+TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("ASGE_DIST_TIMEOUT_MIN", "60")))
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on localhost."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global RNG seed of ``rank`` for an epoch seeded ``seed`` (rank 0 keeps ``seed``)."""
+    return seed if rank == 0 else (seed * 0x9E3779B1 + rank * 0x85EBCA77) % (2 ** 63)
+
+
+def flat_all_reduce_(tensors: list[torch.Tensor], weight: Optional[float] = None) -> None:
+    """Sum ``tensors`` over the ranks in one collective (after scaling by ``weight``), in place."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if weight is not None:
+        flat.mul_(weight)
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+class GradSync:
+    """``sync_grads`` for ``block_step`` and the trainers: the batch-weighted mean of every gradient.
+
+    ``weight`` is this rank's share of the current global batch (its images / the batch's images), so the
+    summed gradient is the gradient of the whole batch's mean loss even when the slices differ in size.
+    Parameters without a gradient are skipped (the same ones on every rank).
+    """
+
+    def __init__(self):
+        self.weight = 1.0
+
+    def __call__(self, module: nn.Module) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat_all_reduce_(grads, self.weight)
+
+
+@dataclasses.dataclass
+class World:
+    """This process's place in the data-parallel group (what ``fit`` needs of it)."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rng_seed(self, seed: int) -> int:
+        return rank_seed(seed, self.rank)
+
+    def broadcast_object(self, obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def broadcast_module(self, net: nn.Module) -> None:
+        """Every parameter and buffer from rank 0 (one collective per dtype)."""
+        tensors = [t.data for t in net.parameters()] + list(net.buffers())
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def all_reduce_(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        dist.all_reduce(t, op=op)
+        return t
+
+
+class DistributedMethod:
+    """Wraps a trainer (``LocalLearning`` or ``Backprop``) for one rank: slices each global batch, sets the
+    gradient weights, and reduces the epoch's statistics over the ranks. Everything else is delegated."""
+
+    def __init__(self, inner, world: World, sync: GradSync):
+        self.inner, self.world, self.sync = inner, world, sync
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        n = labels.shape[0]
+        if n < self.world.size:
+            raise AsgeError(f"a batch of {n} images cannot be split over {self.world.size} ranks; "
+                            "use a batch size (and a dataset size modulo it) of at least the number of ranks")
+        lo = n * self.world.rank // self.world.size
+        hi = n * (self.world.rank + 1) // self.world.size
+        self.sync.weight = (hi - lo) / n
+        self.inner.train_step(x[lo:hi], labels[lo:hi], step)
+
+    def _reduce_first_bad(self) -> None:
+        fb = self.inner.first_bad_step
+        big = torch.iinfo(fb.dtype).max
+        t = torch.where(fb < 0, torch.full_like(fb, big), fb)
+        self.world.all_reduce_(t, dist.ReduceOp.MIN)
+        self.inner.first_bad_step = torch.where(t == big, torch.full_like(t, -1), t)
+
+    def check_finite(self, epoch: int) -> None:
+        self._reduce_first_bad()       # every rank raises at the same check, none is left waiting
+        self.inner.check_finite(epoch)
+
+    def epoch_stats(self) -> dict:
+        """The statistics of the whole epoch (all ranks' slices); ``seen`` becomes the global count."""
+        m = self.inner
+        for name in ("loss_sum", "correct", "head_loss_sum"):
+            t = getattr(m, name, None)
+            if t is not None:
+                self.world.all_reduce_(t)
+        if getattr(m, "head_loss_sum", None) is not None:
+            m.head_loss_sum /= self.world.size          # a per-step mean summed over the ranks
+        seen = torch.tensor([float(m.seen)], device=self.world.device)
+        m.seen = int(self.world.all_reduce_(seen).item())
+        self.check_agreement()
+        return m.epoch_stats()
+
+    def check_agreement(self) -> None:
+        """All ranks must hold bitwise the same parameters (same reduced gradients, same updates)."""
+        mine = parameters_checksum(self.inner.net).to(self.world.device)
+        every = [torch.empty_like(mine) for _ in range(self.world.size)]
+        dist.all_gather(every, mine)
+        self.checksum = mine.tolist()
+        if not all(torch.equal(every[0], c) for c in every[1:]):
+            raise AsgeError("data-parallel ranks hold different parameters (checksums "
+                            f"{[c.tolist() for c in every]}); the run is not consistent")
+
+
+def init_world(cfg) -> World:
+    """Join the group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    from .loop import resolve_device
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if "ASGE_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["ASGE_THREADS"]))
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), timeout=TIMEOUT,
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return World(rank, size, local, device)
+
+
+def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = print,
+                    on_epoch_end=None) -> dict:
+    """``fit`` as one rank of a torchrun group. Rank 0 returns the summary, the others ``{"rank": r}``."""
+    from . import METHODS
+    from .loop import fit
+    world = init_world(cfg)
+    sync = GradSync()
+
+    def factory(net, cfg_, total_steps, device):
+        factory.method = DistributedMethod(METHODS[cfg_.method](net, cfg_, total_steps, device, sync_grads=sync),
+                                 world, sync)
+        return factory.method
+
+    if not world.is_main:
+        cfg = dataclasses.replace(cfg, progress="none")
+        log = lambda *_: None  # noqa: E731
+    try:
+        out = fit(cfg, resume=resume, log=log, method_factory=factory, world=world,
+                  on_epoch_end=on_epoch_end if world.is_main else None)
+        return dict(out, world_size=world.size, ranks_agree=True,
+                    parameter_checksum=getattr(factory, "method").checksum)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def parameters_checksum(net: nn.Module) -> torch.Tensor:
+    """float64 (sum, sum of squares) over every parameter: equal on all ranks after a data-parallel run."""
+    flat = torch.cat([p.detach().double().reshape(-1) for p in net.parameters()])
+    return torch.stack([flat.sum(), flat.square().sum()])
