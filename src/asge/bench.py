@@ -403,12 +403,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for width in args.width:
-        cfg = TrainConfig(dataset=args.dataset,
+        cfg = TrainConfig(dataset="digits" if args.dataset == "synthetic" else args.dataset,
                           data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
                           channels_last=args.channels_last, compile=args.compile, input_size=args.input_size)
         cfg.validate()
         cfg = cfg.resolved()
+        cfg.dataset = args.dataset
         print(f"{args.model} width {width:g}, batch {args.batch_size}, {args.steps} timed steps per method "
               f"on {device} ({torch.get_num_threads()} threads)", flush=True)
         results.append(bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,
