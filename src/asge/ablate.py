@@ -270,7 +270,8 @@ def markdown_text(rows: list[dict], meta: dict) -> str:
     arch = f"channels {cfg.channels}" if cfg.channels else f"{cfg.model} x{cfg.width:g}"
     text = [
         "# Ablation: pools and context modules", "",
-        f"Base: {cfg.method} on {cfg.dataset} ({arch}), subset {cfg.subset or 'all'}, {cfg.epochs} epochs, "
+        f"Base: {cfg.method} on {cfg.dataset} ({arch}), subset {cfg.subset or 'all'}, {cfg.epochs} "
+        f"epoch{'' if cfg.epochs == 1 else 's'}, "
         f"batch {cfg.batch_size}, lr {cfg.lr:g} (heads {cfg.head_lr:g}), seed {cfg.seed}, "
         f"context blocks {cfg.context_blocks or 'all'}. Grid `{meta['grid']}`, reference setting "
         f"`{meta['reference']}`.", "",
