@@ -3,7 +3,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 import asge.train
 from asge.ablate import CSV_COLUMNS, grid_settings, options_for, run_ablation, split_context_options
@@ -11,13 +10,7 @@ from asge.cli import main
 from asge.config import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks: one intra-op thread avoids thread hand-off cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def base(**kw):

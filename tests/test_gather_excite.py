@@ -8,15 +8,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from asge.layers import CONTEXTS, GatherExcite, create_context
+from helpers import context_cnn, train_by_backprop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids thread hand-off cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randomise(m):
@@ -213,17 +208,8 @@ def test_trains_inside_a_small_cnn(variant, extent):
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     ge = GatherExcite(16, variant, extent=extent, feat_size=8)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), ge, nn.AvgPool2d(2), nn.Flatten(),
-                        nn.Linear(16 * 4 * 4, 4))
+    net = context_cnn(ge)
     before = [p.detach().clone() for p in ge.parameters()]
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    losses = []
-    for _ in range(15):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
-        opt.step()
-        losses.append(loss.item())
+    losses = train_by_backprop(net, x, y)
     assert losses[-1] < 0.8 * losses[0]
     assert all(not torch.equal(b, p) for b, p in zip(before, ge.parameters()))

@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 
 from asge.cli import main
 from asge.config import TrainConfig
@@ -23,17 +22,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread, and much faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, one_thread) -> dict[str, Path]:
+def runs(tmp_path_factory, single_thread) -> dict[str, Path]:
     """Two finished 2-epoch digits runs on 300 images: ASGE and its backprop baseline."""
     root = tmp_path_factory.mktemp("runs")
     out = {}

@@ -1,20 +1,14 @@
 """Spatial Group-wise Enhance: naive per-group reference, init behaviour, degenerate maps, gradients."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
 from asge.layers import CONTEXTS, SpatialGroupEnhance, create_context
+from helpers import context_cnn, train_by_backprop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids thread hand-off cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def naive_sge(x, groups, gamma, beta, eps=1e-5):
@@ -113,6 +107,7 @@ def test_large_inputs(scale):
 
 
 def test_half_precision_and_autocast():
+    torch.manual_seed(0)
     m = _randomised(8, 4)
     x = torch.randn(2, 8, 6, 6) * 50
     out16 = m(x.half())
@@ -122,7 +117,8 @@ def test_half_precision_and_autocast():
         h = nn.Conv2d(8, 8, 1)(x)
         out = m(h)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
-    assert_close(out.float(), m(h.float()), rtol=1e-2, atol=1e-2)
+    # h itself is rounded to bf16 (unit roundoff 2**-8) before the gate: a few 2**-8-sized steps of error
+    assert_close(out.float(), m(h.float()), rtol=2e-2, atol=2e-2)
 
 
 def test_groups_must_divide_channels():
@@ -153,17 +149,8 @@ def test_trains_inside_a_small_cnn():
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     sge = SpatialGroupEnhance(16, 4)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), sge, nn.AvgPool2d(2), nn.Flatten(),
-                        nn.Linear(16 * 4 * 4, 4))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    losses = []
-    for _ in range(15):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
-        opt.step()
-        losses.append(loss.item())
+    net = context_cnn(sge)
+    losses = train_by_backprop(net, x, y)
     assert losses[-1] < 0.8 * losses[0]
     assert sge.weight.abs().sum() > 0  # gamma left its zero init
     assert not torch.equal(sge.bias.detach(), torch.ones_like(sge.bias))

@@ -10,19 +10,14 @@ from torch.testing import assert_close
 
 from asge.layers import (POOLS, SoftPool1d, SoftPool2d, SoftPool3d, create_pool, soft_pool1d, soft_pool2d,
                          soft_pool3d)
+from helpers import train_by_backprop
 
 FN = {1: soft_pool1d, 2: soft_pool2d, 3: soft_pool3d}
 MOD = {1: SoftPool1d, 2: SoftPool2d, 3: SoftPool3d}
 MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids thread hand-off cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _t(v, n):
@@ -227,13 +222,5 @@ def test_trains_inside_a_small_cnn():
     x, y = torch.randn(16, 3, 12, 12), torch.randint(0, 4, (16,))
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SoftPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), SoftPool2d(3, 2, 1, ceil_mode=True), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    losses = []
-    for _ in range(15):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
-        opt.step()
-        losses.append(loss.item())
+    losses = train_by_backprop(net, x, y)
     assert losses[-1] < 0.7 * losses[0]

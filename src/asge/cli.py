@@ -113,7 +113,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from .run import RunDir
         base = RunDir(args.out).read_config().to_dict()
     if args.config:
-        import yaml
         cfg = TrainConfig.from_yaml(args.config)
         base.update({k: v for k, v in cfg.to_dict().items()})
     base.update(overrides)

@@ -1,7 +1,7 @@
 """A tiny string-keyed registry: ``name -> constructor``, with errors that list the valid keys."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 
 class Registry(dict):
