@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from asge.config import TrainConfig
@@ -55,9 +56,4 @@ def test_two_process_gloo_run_completes_and_ranks_agree(tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]     # written once, not once per rank
     # Every epoch counts the whole training split (both ranks' shards).
-    assert metrics[-1]["images_per_second"] * metrics[-1]["seconds"] == pytest_approx(256)
-
-
-def pytest_approx(x):
-    import pytest
-    return pytest.approx(x, rel=1e-6)
+    assert metrics[-1]["images_per_second"] * metrics[-1]["seconds"] == pytest.approx(256, rel=1e-6)

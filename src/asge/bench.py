@@ -142,14 +142,24 @@ def measure_saved_bytes(method, x: torch.Tensor, y: torch.Tensor, step: int = 0)
 # FLOPs
 # ---------------------------------------------------------------------------------------------------------
 
+def conv_needs_input_grad(net, method: str) -> list[bool]:
+    """Whether each block's conv must compute the gradient of its input.
+
+    BP: every block but the first, whose input is the image; ASGE: none of them by detachment, *except*
+    where the block's entry norm has trainable parameters (``layer``, the default): the norm sits before
+    the conv and learns from the block's own loss, so the gradient has to cross the conv to reach it.
+    """
+    trained_norm = [any(p.requires_grad for p in b.norm.parameters()) for b in net.blocks]
+    return [t or (method == "bp" and i > 0) for i, t in enumerate(trained_norm)]
+
+
 def conv_flops(net, method: str) -> dict:
     """Analytical conv FLOPs per training image: forward 2*MACs, weight gradient 2*MACs, input gradient
-    2*MACs. ASGE never computes an input gradient (every block's input is detached); BP skips it only in
-    block 1 (the image needs none)."""
+    2*MACs where :func:`conv_needs_input_grad` says so."""
     macs = [b.conv_macs() for b in net.blocks]
     fwd = 2 * sum(macs)
     wgrad = 2 * sum(macs)
-    igrad = 0 if method == "asge" else 2 * sum(macs[1:])
+    igrad = 2 * sum(m for m, need in zip(macs, conv_needs_input_grad(net, method)) if need)
     return {"forward": fwd, "weight_grad": wgrad, "input_grad": igrad, "total": fwd + wgrad + igrad}
 
 
@@ -297,6 +307,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
         "model": cfg.model, "width": cfg.width, "channels": methods["asge"].net.channels,
         "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup, "chunk": chunk,
         "dataset": cfg.dataset, "device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
+        "norm": cfg.norm,
         "compile": cfg.compile, "threads": torch.get_num_threads(),
         "images_per_second": ips, "seconds": seconds, "speed_ratio": speed_ratio,
         "chunk_speed_ratios": chunk_ratios,
@@ -379,6 +390,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--input-size", type=int, help="image side (synthetic: default the model's; real: the dataset's)")
     a("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     a("--amp", default="none", help="none (default), bf16, fp16 (both methods)")
+    a("--norm", default="layer", help="block entry norm: layer (default), rms (the authors' code), none")
     a("--channels-last", action="store_true", help="channels_last memory format (both methods)")
     a("--compile", action="store_true", help="torch.compile each ASGE block's step and the BP forward")
     a("--threads", type=int, help="torch threads (default: torch's)")
@@ -406,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(dataset="digits" if args.dataset == "synthetic" else args.dataset,
                           data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
-                          channels_last=args.channels_last, compile=args.compile, input_size=args.input_size)
+                          channels_last=args.channels_last, compile=args.compile, input_size=args.input_size,
+                          norm=args.norm)
         cfg.validate()
         cfg = cfg.resolved()
         cfg.dataset = args.dataset

@@ -253,6 +253,9 @@ class PipelineLearning(_Stage):
 
     def __init__(self, net, cfg, total_steps: int, device: torch.device, *, stages: int,
                  threads: Optional[int] = None):
+        if device.type == "cuda" and torch.cuda.device_count() < stages:
+            raise AsgeError(f"--pipeline {stages} on CUDA needs {stages} GPUs (one per stage); "
+                            f"{torch.cuda.device_count()} visible")
         super().__init__(net, cfg, total_steps, device)
         bounds = stage_bounds(net, stages)
         self.setup_stage(0, bounds)
