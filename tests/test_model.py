@@ -146,3 +146,28 @@ def test_projection_unchanged_by_training():
     run_local_steps(net)
     for b, w in zip(net.blocks, before):
         assert torch.equal(b.projection.weight, w)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_folded_affine_norm_equals_norm_then_conv(first):
+    from asge.block import ASGEBlock
+    torch.manual_seed(0)
+    block = ASGEBlock(6, 8, in_size=7, num_classes=5, partition=2, first=first).double()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.normal_()
+        block.conv.bias.normal_()
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    folded = block.features(x)
+    reference = F.relu(block.conv(block.norm(x)))
+    torch.testing.assert_close(folded, reference)
+    grads = []
+    for y in (folded, reference):
+        block.zero_grad()
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in block.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(block.features(xg).sum(), xg)[0],
+                               torch.autograd.grad(F.relu(block.conv(block.norm(xg))).sum(), xg)[0])

@@ -9,7 +9,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .goodness import GoodnessProjection, spatial_goodness, GOODNESS_REDUCTIONS
-from .layers import create_context, create_norm, create_pool
+from .layers import ChannelLayerNorm, create_context, create_norm, create_pool
+
+
+def affine_norm_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(norm(x))`` for a norm with per-channel gamma/beta, computed as
+    ``conv_{W * gamma}(x_hat) + conv_W(beta)``, where x_hat is the normalised x without its affine part.
+
+    The two are equal (zero padding included: the beta map is padded with zeros as the normalised map is).
+    The point is the gradient: gamma and beta are reached through the conv's *weight* gradient and a
+    one-image conv of the beta map, so when x needs no gradient (a detached block input) no conv computes
+    the gradient of its input, yet the norm's gamma and beta still learn from the block's loss.
+    x: (B, C_in, H, W) -> (B, C_out, H, W).
+    """
+    if isinstance(norm, ChannelLayerNorm):
+        x_hat = norm.normalize(x)
+    else:  # nn.GroupNorm
+        x_hat = F.group_norm(x, norm.num_groups, None, None, norm.eps)
+    gamma, beta = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+    out = conv._conv_forward(x_hat, conv.weight * gamma, conv.bias)
+    return out + conv._conv_forward(beta.expand(1, -1, *x.shape[-2:]), conv.weight, None)
 
 
 class ASGEBlock(nn.Module):
@@ -59,8 +78,16 @@ class ASGEBlock(nn.Module):
         return self.in_size // 2 if self.downsample else self.in_size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Y_l = context(relu(conv(norm(x)))): (B, C_in, H, W) -> (B, C_out, H, W)."""
-        return self.context(F.relu(self.conv(self.norm(x))))
+        """Y_l = context(relu(conv(norm(x)))): (B, C_in, H, W) -> (B, C_out, H, W).
+
+        With an affine norm (``layer``) the norm's gamma/beta are folded into the conv
+        (:func:`affine_norm_conv`): same values, no input gradient needed to train them.
+        """
+        if isinstance(self.norm, (ChannelLayerNorm, nn.GroupNorm)):
+            z = affine_norm_conv(self.norm, self.conv, x)
+        else:
+            z = self.conv(self.norm(x))
+        return self.context(F.relu(z))
 
     def transmit(self, y: torch.Tensor) -> torch.Tensor:
         """What flows on to the next block: dropout(pool(Y))."""

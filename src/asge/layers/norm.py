@@ -26,6 +26,10 @@ class ChannelLayerNorm(nn.Module):
         y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalisation without gamma and beta: (B, C, H, W) -> (B, C, H, W)."""
+        return F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), None, None, self.eps).permute(0, 3, 1, 2)
+
     def extra_repr(self) -> str:
         return f"{self.channels}, eps={self.eps}"
 
