@@ -5,7 +5,8 @@ import json
 
 import torch
 
-from asge.bench import RESULT_KEYS, SavedTensorMeter
+from asge.bench import RESULT_KEYS, SavedTensorMeter, conv_flops, conv_needs_input_grad
+from asge.model import ASGENet
 from asge.cli import main
 
 
@@ -36,6 +37,33 @@ def test_bench_writes_json_with_the_keys(tmp_path, capsys):
     assert r["memory_ratio"] == saved["asge"] / saved["bp"]
     assert len(r["asge_block_saved_bytes"]) == len(r["channels"]) + 1     # every block, then the heads
     assert max(r["asge_block_saved_bytes"]) == saved["asge"]
-    assert r["train_flops_per_image"]["asge"] < r["train_flops_per_image"]["bp"]
+    assert r["train_flops_per_image"]["asge"] <= r["train_flops_per_image"]["bp"]
     out = capsys.readouterr().out
     assert "speed" in out and "memory" in out and "bench.json" in out
+
+
+def test_conv_input_gradients_counted_where_they_are_computed():
+    layer = ASGENet.from_preset("vgg8", width=0.25, norm="layer")
+    rms = ASGENet.from_preset("vgg8", width=0.25, norm="rms")
+    # A trained entry norm needs the gradient through the conv, in ASGE too.
+    assert conv_needs_input_grad(layer, "asge") == [True] * 7
+    assert conv_needs_input_grad(rms, "asge") == [False] * 7
+    assert conv_needs_input_grad(rms, "bp") == [False] + [True] * 6
+    assert conv_flops(layer, "asge") == conv_flops(layer, "bp")
+    f = conv_flops(rms, "asge")
+    assert f["input_grad"] == 0 and f["total"] == f["forward"] * 2
+
+
+def test_asge_computes_no_conv_input_gradient_without_a_trained_norm():
+    """With ``norm="rms"`` nothing before the conv needs a gradient: autograd asks the conv for none."""
+    import torch.nn.functional as F
+    net = ASGENet.from_preset("vgg8", width=0.25, norm="rms")
+    b = net.blocks[1]
+    x = torch.randn(2, b.in_channels, 32, 32)
+    y = b.features(x)
+    loss = F.cross_entropy(b.local_logits(y), torch.zeros(2, dtype=torch.long))
+    node = y.grad_fn
+    while node.name() != "ConvolutionBackward0":
+        node = node.next_functions[0][0]
+    assert node.next_functions[0][0] is None       # the input slot: no gradient wanted
+    loss.backward()

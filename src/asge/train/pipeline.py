@@ -286,6 +286,7 @@ class PipelineLearning(_Stage):
     # -- training ---------------------------------------------------------------------------------------
     def start_epoch(self, seed: int) -> None:
         super().start_epoch(seed)
+        torch.set_num_threads(self.threads)   # the stages share the cores while they train
         self._isend([self.header(EPOCH, 0, seed)], 1)
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
@@ -326,6 +327,7 @@ class PipelineLearning(_Stage):
         network, which ``fit`` evaluates and checkpoints next."""
         stats = self._with_all_stats(lambda: LocalLearning.epoch_stats(self))
         self._pull()
+        torch.set_num_threads(self._threads_before)   # the other stages wait: evaluation gets every core
         return stats
 
     # -- weights and optimizer states --------------------------------------------------------------------
