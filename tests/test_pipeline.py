@@ -61,3 +61,33 @@ def test_two_stage_pipeline_equals_sequential(tmp_path):
 def test_pipeline_rejects_backprop(tmp_path):
     with pytest.raises(AsgeError, match="asge"):
         fit_pipeline(TrainConfig(**{**TINY, "method": "bp"}, out=str(tmp_path / "bp"), pipeline=2))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_pipeline_resumes_to_the_sequential_result(tmp_path):
+    """Stop a pipelined run after epoch 1, resume it pipelined: the states pushed back to the stages must
+    give the sequential run's weights."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(TrainConfig(**TINY, out=str(tmp_path / "seq")), log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    def stop(epoch, record):
+        if epoch == 1:
+            raise _Stop
+
+    cfg = TrainConfig(**TINY, out=str(tmp_path / "pipe"), pipeline=2)
+    with pytest.raises(_Stop):
+        fit_pipeline(cfg, log=lambda *_: None, threads=1, on_epoch_end=stop)
+    assert torch.get_num_threads() == threads
+    fit_pipeline(cfg, resume=True, log=lambda *_: None, threads=1)
+    seq = load_checkpoint(tmp_path / "seq" / "checkpoints" / "last.pt")
+    pipe = load_checkpoint(tmp_path / "pipe" / "checkpoints" / "last.pt")
+    for k in seq["model"]:
+        assert torch.equal(seq["model"][k], pipe["model"][k]), k
+    assert _same(seq["method"], pipe["method"])
