@@ -2,7 +2,6 @@
 bf16 autocast, channels_last and compile paths (they run and learn on digits)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 

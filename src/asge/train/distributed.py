@@ -204,8 +204,8 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
     sync = GradSync()
 
     def factory(net, cfg_, total_steps, device):
-        factory.method = DistributedMethod(METHODS[cfg_.method](net, cfg_, total_steps, device, sync_grads=sync),
-                                 world, sync)
+        inner = METHODS[cfg_.method](net, cfg_, total_steps, device, sync_grads=sync)
+        factory.method = DistributedMethod(inner, world, sync)
         return factory.method
 
     if not world.is_main:
@@ -214,8 +214,7 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
     try:
         out = fit(cfg, resume=resume, log=log, method_factory=factory, world=world,
                   on_epoch_end=on_epoch_end if world.is_main else None)
-        return dict(out, world_size=world.size, ranks_agree=True,
-                    parameter_checksum=getattr(factory, "method").checksum)
+        return dict(out, world_size=world.size, ranks_agree=True, parameter_checksum=factory.method.checksum)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -18,10 +18,6 @@ be resumed without a pipeline and the other way round.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import datetime
-import os
-import time
 import traceback
 from typing import Optional
 
@@ -174,7 +170,6 @@ class _Stage(LocalLearning):
         return [t for m in self.owned_modules(rank) for t in m.state_dict(keep_vars=True).values()]
 
     def stats_tensor(self) -> torch.Tensor:
-        L = self.num_blocks
         return torch.cat([self.loss_sum.double(), self.correct.double(), self.head_loss_sum.double().view(1),
                           self.first_bad_step.double()]).view(-1)
 
