@@ -22,3 +22,15 @@ def train_by_backprop(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def randomise_batchnorm(m: nn.Module) -> nn.Module:
+    """Random affine BN parameters and running statistics, so eval-mode outputs are not trivial."""
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_()
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+    return m

@@ -8,21 +8,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from asge.layers import CONTEXTS, GatherExcite, create_context
-from helpers import context_cnn, train_by_backprop
+from helpers import context_cnn, randomise_batchnorm, train_by_backprop
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _randomise(m):
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_()
-                mod.running_mean.normal_()
-                mod.running_var.uniform_(0.5, 2.0)
-    return m.eval()
 
 
 def _bn(t, bn):  # eval-mode BatchNorm2d written out
@@ -108,7 +97,7 @@ def test_minus_divisible_size_gates_each_block_by_its_mean():
                                                  (4, 8, (7, 5)), (8, None, (16, 16))])
 def test_theta_and_plus_match_reference(variant, extent, feat_size, hw):
     torch.manual_seed(0)
-    m = _randomise(GatherExcite(32, variant, extent=extent, feat_size=feat_size, dtype=torch.float64))
+    m = randomise_batchnorm(GatherExcite(32, variant, extent=extent, feat_size=feat_size, dtype=torch.float64)).eval()
     x = torch.randn(2, 32, *hw, dtype=torch.float64)
     assert_close(m(x), naive_ge(m, x))
 

@@ -6,22 +6,10 @@ from torch.testing import assert_close
 
 from asge.layers import GSoP, create_context
 from asge.layers.gsop import covariance
-from helpers import context_cnn, train_by_backprop
+from helpers import context_cnn, randomise_batchnorm, train_by_backprop
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _randomise(m):
-    """Random affine BN parameters and running statistics, so eval-mode outputs are not trivial."""
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_()
-                mod.running_mean.normal_()
-                mod.running_var.uniform_(0.5, 2.0)
-    return m
 
 
 def _bn_rows(t, bn, training):
@@ -83,14 +71,14 @@ def test_covariance_helper():
                                               ("spatial", 5, 4, (8, 8)), ("spatial", 3, (2, 3), (6, 9))])
 def test_matches_explicit_reference(mode, dim, grid, hw, training):
     torch.manual_seed(0)
-    m = _randomise(GSoP(8, dim=dim, mode=mode, grid=grid, dtype=torch.float64)).train(training)
+    m = randomise_batchnorm(GSoP(8, dim=dim, mode=mode, grid=grid, dtype=torch.float64)).train(training)
     x = torch.randn(3, 8, *hw, dtype=torch.float64)
     assert_close(m(x), naive_gsop(m, x))
 
 
 def test_spatial_bilinear_upsampling():
-    m = _randomise(GSoP(4, dim=3, mode="spatial", grid=4, upsample="bilinear", dtype=torch.float64)).eval()
-    nearest = _randomise(GSoP(4, dim=3, mode="spatial", grid=4, dtype=torch.float64)).eval()
+    m = randomise_batchnorm(GSoP(4, dim=3, mode="spatial", grid=4, upsample="bilinear", dtype=torch.float64)).eval()
+    nearest = randomise_batchnorm(GSoP(4, dim=3, mode="spatial", grid=4, dtype=torch.float64)).eval()
     nearest.load_state_dict(m.state_dict())
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     assert_close(m(x), nearest(x))  # same size: bilinear and nearest are both the identity resize
@@ -105,7 +93,7 @@ def test_gradcheck(mode):
     x = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
     m.eval()
-    _randomise(m)
+    randomise_batchnorm(m)
     assert torch.autograd.gradcheck(m, (x,))
 
 
@@ -127,7 +115,7 @@ def test_single_position_and_dead_features(mode, batch, training):
 
 
 def test_single_position_covariance_is_zero():
-    m = _randomise(GSoP(8, dim=6, mode="channel", dtype=torch.float64)).eval()
+    m = randomise_batchnorm(GSoP(8, dim=6, mode="channel", dtype=torch.float64)).eval()
     x = torch.randn(2, 8, 1, 1, dtype=torch.float64)
     head = m.head
     zero_row = _bn_rows(torch.zeros(2, 6, 6, dtype=torch.float64), head.bn, False)
