@@ -1,7 +1,6 @@
 """The backpropagation baseline: the same blocks, trained end to end through GAP + the Last head."""
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteLossError
-from .local import make_optimizer
+from .local import autocast_for, make_optimizer
 
 
 class Backprop:
@@ -22,8 +21,7 @@ class Backprop:
         self.net, self.cfg, self.device, self.sync_grads = net, cfg, device, sync_grads
         params = list(net.blocks.parameters()) + list(net.heads.last.parameters())
         self.opt, self.sched = make_optimizer(params, cfg.lr, cfg.weight_decay, total_steps, cfg.min_lr)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        self.autocast = autocast_for(cfg, device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.forward = torch.compile(self.logits, dynamic=False) if getattr(cfg, "compile", False) else self.logits
         self.reset_stats()

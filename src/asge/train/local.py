@@ -28,6 +28,12 @@ def make_optimizer(params, lr: float, weight_decay: float, total_steps: int, min
     return opt, sched
 
 
+def autocast_for(cfg, device: torch.device):
+    """A zero-argument context factory: autocast to ``cfg.amp`` (bf16/fp16) on ``device``, or nothing."""
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    return (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+
 def local_forward(block: ASGEBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The part of a block's step that needs a graph: (Y, a_l) = (features(x), local_logits(Y))."""
     y = block.features(x)
@@ -127,8 +133,7 @@ class LocalLearning:
                            for b in net.blocks]
         self.head_opt = make_optimizer(net.heads.parameters(), cfg.head_lr or cfg.lr, cfg.weight_decay,
                                        total_steps, cfg.min_lr)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        self.autocast = autocast_for(cfg, device)
         self.scalers = ([torch.amp.GradScaler(device.type) for _ in net.blocks] if cfg.amp == "fp16"
                         else [None] * self.num_blocks)
         self.device = device

@@ -20,6 +20,7 @@ from ..data import load_data
 from ..errors import AsgeError, CheckpointError
 from ..model import ASGENet
 from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from .local import autocast_for
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,11 +50,6 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
 def epoch_seed(seed: int, epoch: int) -> int:
     """Every epoch's randomness (order, augmentation, dropout) comes from (seed, epoch): resuming is exact."""
     return seed * 1_000_003 + epoch
-
-
-def autocast_for(cfg: TrainConfig, device: torch.device):
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    return (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
 
 
 @torch.no_grad()
