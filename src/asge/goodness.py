@@ -42,9 +42,13 @@ def spatial_goodness(y: torch.Tensor, partition: int, reduce: str = "mean") -> t
     """
     if reduce not in GOODNESS_REDUCTIONS:
         raise ValueError(f"unknown goodness reduction {reduce!r}; valid: {', '.join(GOODNESS_REDUCTIONS)}")
-    g = F.adaptive_avg_pool2d(y.square(), partition)
+    b, c, h, w = y.shape
+    if h % partition == 0 and w % partition == 0:   # equal patches: a reshape-mean, cheaper to differentiate
+        p = partition
+        g = y.square().reshape(b, c, p, h // p, p, w // p).mean(dim=(3, 5))
+    else:
+        g = F.adaptive_avg_pool2d(y.square(), partition)
     if reduce == "sum":
-        h, w = y.shape[-2:]
         area = _bin_sizes(h, partition, y.device)[:, None] * _bin_sizes(w, partition, y.device)[None, :]
         g = g * area.to(g.dtype)
     return g.flatten(1)
