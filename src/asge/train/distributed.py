@@ -214,6 +214,9 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
     try:
         out = fit(cfg, resume=resume, log=log, method_factory=factory, world=world,
                   on_epoch_end=on_epoch_end if world.is_main else None)
+        # Leave together: a rank that tears the group down while rank 0 is still testing and writing
+        # the summary can abort the process (gloo: "terminate called without an active exception").
+        dist.barrier()
         return dict(out, world_size=world.size, ranks_agree=True, parameter_checksum=factory.method.checksum)
     finally:
         if dist.is_initialized():
