@@ -130,7 +130,7 @@ def measure_saved_bytes(method, x: torch.Tensor, y: torch.Tensor, step: int = 0)
                 meter.mark(f"block{l + 1}")
             head_correct = method.heads_step(feats, y)
             meter.mark("heads")
-            method.record(torch.stack(losses), torch.stack(correct + head_correct), y.shape[0], step)
+            method.record(losses, correct, y.shape[0], step, head_correct=head_correct)
         per_block = [b for _, b in meter.marks]
     else:
         with meter():

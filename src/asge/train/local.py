@@ -148,7 +148,7 @@ class LocalLearning:
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         _, feats, losses, correct = self.run_blocks(x, labels, step, 0, self.num_blocks)
         head_correct = self.heads_step(feats, labels)
-        self.record(torch.stack(losses), torch.stack(correct + head_correct), labels.shape[0], step)
+        self.record(losses, correct, labels.shape[0], step, head_correct=head_correct)
 
     def run_blocks(self, h: torch.Tensor, labels: torch.Tensor, step: int, lo: int, hi: int,
                    handoff: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None):
@@ -195,11 +195,17 @@ class LocalLearning:
         self.seen = 0
         self.steps = 0
 
-    def record(self, losses: torch.Tensor, correct: torch.Tensor, batch: int, step: int) -> None:
-        bad = ~torch.isfinite(losses)
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad, step, self.first_bad_step)
-        self.loss_sum += losses * batch
-        self.correct += correct
+    def record(self, losses: list[torch.Tensor], correct: list[torch.Tensor], batch: int, step: int,
+               lo: int = 0, head_correct: Optional[list[torch.Tensor]] = None) -> None:
+        """Add one batch's losses and correct counts of blocks lo..lo+len(losses)-1 (and of the heads)."""
+        hi = lo + len(losses)
+        losses = torch.stack(losses)
+        first_bad = self.first_bad_step[lo:hi]
+        self.first_bad_step[lo:hi] = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
+        self.loss_sum[lo:hi] += losses * batch
+        self.correct[lo:hi] += torch.stack(correct)
+        if head_correct is not None:
+            self.correct[-2:] += torch.stack(head_correct)
         self.seen += batch
         self.steps += 1
 
@@ -225,17 +231,30 @@ class LocalLearning:
         return {"blocks": self.block_opts[0][0].param_groups[0]["lr"], "heads": self.head_opt[0].param_groups[0]["lr"]}
 
     # -- checkpointing ------------------------------------------------------------------------------------
+    def block_state(self, l: int) -> dict:
+        """Optimizer, schedule and (fp16) grad-scaler state of block ``l`` (0-based)."""
+        (opt, sched), scaler = self.block_opts[l], self.scalers[l]
+        return {"opt": opt.state_dict(), "sched": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}}
+
+    def load_block_state(self, l: int, state: dict) -> None:
+        (opt, sched), scaler = self.block_opts[l], self.scalers[l]
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    def heads_state(self) -> dict:
+        return {"opt": self.head_opt[0].state_dict(), "sched": self.head_opt[1].state_dict()}
+
+    def load_heads_state(self, state: dict) -> None:
+        self.head_opt[0].load_state_dict(state["opt"])
+        self.head_opt[1].load_state_dict(state["sched"])
+
     def state_dict(self) -> dict:
-        return {"blocks": [{"opt": o.state_dict(), "sched": s.state_dict()} for o, s in self.block_opts],
-                "heads": {"opt": self.head_opt[0].state_dict(), "sched": self.head_opt[1].state_dict()},
-                "scalers": [s.state_dict() if s is not None else {} for s in self.scalers]}
+        return {"blocks": [self.block_state(l) for l in range(self.num_blocks)], "heads": self.heads_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        for (o, s), st in zip(self.block_opts, state["blocks"]):
-            o.load_state_dict(st["opt"])
-            s.load_state_dict(st["sched"])
-        self.head_opt[0].load_state_dict(state["heads"]["opt"])
-        self.head_opt[1].load_state_dict(state["heads"]["sched"])
-        for sc, st in zip(self.scalers, state.get("scalers", [])):
-            if sc is not None and st:
-                sc.load_state_dict(st)
+        for l, block_state in enumerate(state["blocks"]):
+            self.load_block_state(l, block_state)
+        self.load_heads_state(state["heads"])

@@ -128,18 +128,8 @@ class _Stage(LocalLearning):
     def stage_step(self, x, labels, step: int, feats_in: list[torch.Tensor], header: torch.Tensor) -> None:
         handoff = None if self.last else (lambda out, feats: self.send_on(header, labels, out, feats_in + feats))
         _, feats, losses, correct = self.run_blocks(x, labels, step, self.lo, self.hi, handoff)
-        batch = labels.shape[0]
-        lo, hi = self.lo, self.hi
-        bad = ~torch.isfinite(torch.stack(losses))
-        fb = self.first_bad_step[lo:hi]
-        self.first_bad_step[lo:hi] = torch.where((fb < 0) & bad, step, fb)
-        self.loss_sum[lo:hi] += torch.stack(losses) * batch
-        self.correct[lo:hi] += torch.stack(correct)
-        if self.last:
-            head_correct = self.heads_step(feats_in + feats, labels)
-            self.correct[-2:] += torch.stack(head_correct)
-        self.seen += batch
-        self.steps += 1
+        head_correct = self.heads_step(feats_in + feats, labels) if self.last else None
+        self.record(losses, correct, labels.shape[0], step, lo=self.lo, head_correct=head_correct)
 
     # -- state exchanged with stage 0 ------------------------------------------------------------------
     def owned_modules(self, rank: int) -> list[torch.nn.Module]:
@@ -149,22 +139,16 @@ class _Stage(LocalLearning):
 
     def owned_state(self, rank: int) -> dict:
         lo, hi = self.bounds[rank]
-        state = {"blocks": {l: {"opt": self.block_opts[l][0].state_dict(), "sched": self.block_opts[l][1].state_dict(),
-                                "scaler": self.scalers[l].state_dict() if self.scalers[l] is not None else {}}
-                            for l in range(lo, hi)}}
+        state = {"blocks": {l: self.block_state(l) for l in range(lo, hi)}}
         if rank == self.K - 1:
-            state["heads"] = {"opt": self.head_opt[0].state_dict(), "sched": self.head_opt[1].state_dict()}
+            state["heads"] = self.heads_state()
         return state
 
     def load_owned_state(self, state: dict) -> None:
-        for l, st in state["blocks"].items():
-            self.block_opts[l][0].load_state_dict(st["opt"])
-            self.block_opts[l][1].load_state_dict(st["sched"])
-            if self.scalers[l] is not None and st["scaler"]:
-                self.scalers[l].load_state_dict(st["scaler"])
+        for l, block_state in state["blocks"].items():
+            self.load_block_state(l, block_state)
         if "heads" in state:
-            self.head_opt[0].load_state_dict(state["heads"]["opt"])
-            self.head_opt[1].load_state_dict(state["heads"]["sched"])
+            self.load_heads_state(state["heads"])
 
     def module_tensors(self, rank: int) -> list[torch.Tensor]:
         return [t for m in self.owned_modules(rank) for t in m.state_dict(keep_vars=True).values()]
