@@ -105,7 +105,7 @@ def test_mini_grid_tables_resume_and_failure(tmp_path, monkeypatch):
     trained.clear()
     rows = run_ablation(base(epochs=2, context_options={"sge:groups": 4}), ["rms"], ["none"], out, grid="full",
                         log=logs.append)
-    assert trained == [] and rows[0]["status"] == "failed" and "epochs: 1 -> 2" in rows[0]["error"]
+    assert trained == [] and rows[0]["status"] == "failed" and "epochs (1 -> 2)" in rows[0]["error"]
 
 
 def test_cli_one_factor_grid(tmp_path, capsys):

@@ -129,12 +129,9 @@ def _fill_from_run(row: dict, run: RunDir, summary: dict) -> None:
 
 def _check_same_config(run: RunDir, cfg: TrainConfig) -> None:
     """A finished setting is reused only if it was trained with the configuration asked for now."""
-    saved = run.read_config().architecture()
-    want = cfg.resolved().architecture()
-    diff = sorted(k for k in want if saved.get(k) != want[k])
+    diff = cfg.resolved().differences(run.read_config())
     if diff:
-        raise AsgeError(f"{run.path} holds a finished run of another configuration "
-                        f"({', '.join(f'{k}: {saved.get(k)!r} -> {want[k]!r}' for k in diff)}); "
+        raise AsgeError(f"{run.path} holds a finished run of another configuration ({diff}); "
                         "remove it or choose another --out")
 
 

@@ -124,3 +124,8 @@ class TrainConfig:
     def architecture(self) -> dict:
         """Everything that shapes the network's state dict (compared when resuming or evaluating)."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_KEYS}
+
+    def differences(self, other: "TrainConfig") -> str:
+        """``"key (other's value -> this value), ..."`` over the non-runtime keys; empty when they agree."""
+        mine, theirs = self.architecture(), other.architecture()
+        return ", ".join(f"{k} ({theirs.get(k)!r} -> {mine[k]!r})" for k in sorted(mine) if theirs.get(k) != mine[k])

@@ -139,11 +139,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             raise AsgeError(f"{run.path} already holds a run; pass --resume to continue it, or choose "
                             "another --out")
         ckpt = load_checkpoint(run.last_checkpoint)
-        saved = TrainConfig.from_dict(ckpt["config"]).architecture()
-        diff = sorted(k for k, v in cfg.architecture().items() if saved.get(k) != v)
+        diff = cfg.differences(TrainConfig.from_dict(ckpt["config"]))
         if diff:
             raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
-                                  f"checkpoint's in {', '.join(f'{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})' for k in diff)}")
+                                  f"checkpoint's in {diff}")
 
     data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, subset=cfg.subset, seed=cfg.seed,
                      device=device, input_size=cfg.input_size, num_workers=cfg.num_workers)
