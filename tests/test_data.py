@@ -117,7 +117,7 @@ def data_same(a, b) -> bool:
 
 @pytest.fixture
 def data_no_debian(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(D.in_memory, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
 
 
 # ---------------------------------------------------------------------------------------------------

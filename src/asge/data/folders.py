@@ -1,0 +1,187 @@
+"""The folder datasets: ImageFolder trees and ImageNet, decoded from image files by a ``DataLoader``.
+
+Each sample's random crop/flip comes from its own seed, drawn from the epoch's generator, so the batches do
+not depend on the number of workers. Layouts are listed in :mod:`asge.data`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .splits import Data, DatasetError, DatasetInfo, Split, check_size, fixed_split, rms_normalize, subset_indices
+
+#: Images held out of ImageNet's train/ for validation (at most; 10% of train for small trees).
+IMAGENET_VAL_SIZE = 10000
+#: Fraction of an ImageFolder train/ tree held out for validation.
+IMAGEFOLDER_VAL_FRACTION = 0.1
+
+_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Decodes one image file per key ``(index, sample_seed)`` into uint8 (3, S, S)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], size: int, train: bool):
+        self.samples, self.size, self.train = samples, size, train
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        import torchvision.transforms.v2.functional as TF
+        from PIL import Image
+
+        index, sample_seed = key
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise DatasetError(f"cannot read image {path}: {e}") from e
+        s = self.size
+        if self.train:  # RandomResizedCrop(s, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip
+            rng = random.Random(sample_seed)
+            top, left, h, w = _random_resized_crop_params(img.height, img.width, rng)
+            img = TF.resized_crop(img, top, left, h, w, [s, s], antialias=True)
+            if rng.random() < 0.5:
+                img = TF.horizontal_flip(img)
+        else:  # Resize(round(s * 8 / 7)) + CenterCrop(s)
+            img = TF.center_crop(TF.resize(img, [round(s * 8 / 7)], antialias=True), [s, s])
+        return TF.pil_to_tensor(img), label
+
+
+def _random_resized_crop_params(height: int, width: int, rng: random.Random,
+                                scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, drawing from ``rng``. Returns (top, left, h, w)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class FolderSplit(Split):
+    """A split of image files decoded by a ``DataLoader``.
+
+    samples: list of ``(path, class_index)``; ``image_size`` S. With ``augment`` (train splits only):
+    RandomResizedCrop(S) + RandomHorizontalFlip; otherwise Resize(round(S * 8 / 7)) + CenterCrop(S).
+    Images are converted to RGB, uint8 in the workers, then on ``device`` to float [0, 1] and per-image RMS.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], image_size: int, *, train: bool = False,
+                 num_workers: int = 2):
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+        self.train = train
+        self.num_workers = int(num_workers)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"FolderSplit(n={len(self)}, image_size={self.image_size}, train={self.train})"
+
+    def batches(self, batch_size: int, *, shuffle: bool, augment: bool, seed: int, device: torch.device | str,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """See :meth:`Split.batches`. x: float32 (B, 3, S, S); y: int64 (B,)."""
+        self.num_batches(batch_size, drop_last)  # validates batch_size
+        device = torch.device(device)
+        g = torch.Generator().manual_seed(int(seed))
+        n = len(self)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        train = augment and self.train
+        seeds = torch.randint(0, 2**62, (n,), generator=g) if train else torch.zeros(n, dtype=torch.int64)
+        keys = list(zip(order.tolist(), seeds.tolist()))
+        loader = torch.utils.data.DataLoader(
+            _FolderDataset(self.samples, self.image_size, train), batch_size=batch_size, sampler=keys,
+            num_workers=self.num_workers, drop_last=drop_last, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(int(seed)))
+        for xb, yb in loader:
+            x = xb.to(device, non_blocking=True).to(torch.float32).mul_(1.0 / 255)
+            yield rms_normalize(x), yb.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
+def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layout: str
+                 ) -> tuple[list[tuple[str, int]], list[str]]:
+    """ImageFolder scan: sorted class folders, image files under each (recursively, sorted).
+
+    ``classes`` given: ``split_dir``'s class folders must be among them (their indices are reused).
+    Returns (samples, class names). Raises :class:`DatasetError` on no class folders or empty ones.
+    """
+    dirs = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not dirs:
+        raise DatasetError(f"{name}: no class folders in {split_dir}; expected {layout}")
+    if classes is None:
+        classes = dirs
+    else:
+        unknown = [d for d in dirs if d not in classes]
+        if unknown:
+            raise DatasetError(f"{name}: {split_dir} has class folders not in train/: {', '.join(unknown[:10])}")
+    index = {c: i for i, c in enumerate(classes)}
+    samples, empty = [], []
+    for c in dirs:
+        files = []
+        for dirpath, _, filenames in sorted(os.walk(split_dir / c, followlinks=True)):
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(_IMG_EXTENSIONS))
+        if not files:
+            empty.append(str(split_dir / c))
+        samples.extend((f, index[c]) for f in files)
+    if empty:
+        raise DatasetError(f"{name}: empty class folder(s) (no {'/'.join(_IMG_EXTENSIONS)} files): "
+                           f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; expected {layout}")
+    return samples, list(classes)
+
+
+def load_folder(name: str, root, *, download, subset, seed, input_size, num_workers) -> Data:
+    """ImageFolder trees. ``imagefolder``: train/ and test/ (or val/), val = 10% of train (seed 42),
+    default input_size 32. ``imagenet``: train/ and val/ (the test split), val = min(10000, 10% of train)
+    held out of train (seed 42), default input_size 224."""
+    test_names = ("test", "val") if name == "imagefolder" else ("val",)
+    layout = (f"<root>/train/<class>/*.jpg and <root>/{'test' if name == 'imagefolder' else 'val'}/<class>/*.jpg"
+              f" (ImageFolder layout)")
+    if download:
+        raise DatasetError(f"{name}: cannot be downloaded; prepare {layout} and pass --data-root")
+    if root is None:
+        raise DatasetError(f"{name}: needs --data-root; expected {layout}")
+    root = Path(root)
+    train_dir = root / "train"
+    test_dirs = [root / t for t in test_names]
+    test_dir = next((d for d in test_dirs if d.is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        looked = [str(train_dir)] + [str(d) for d in test_dirs]
+        raise DatasetError(f"{name}: missing folder(s); looked for {', '.join(looked)}; expected {layout}")
+    train_samples, classes = _scan_folder(train_dir, None, name, layout)
+    test_samples, _ = _scan_folder(test_dir, classes, name, layout)
+    n = len(train_samples)
+    if name == "imagefolder":
+        n_val = max(1, round(n * IMAGEFOLDER_VAL_FRACTION)) if n > 1 else 0
+    else:
+        n_val = min(IMAGENET_VAL_SIZE, max(1, n // 10)) if n > 1 else 0
+    tr, va = fixed_split(n, n_val)
+    sub = subset_indices(len(tr), subset, seed, name)
+    if sub is not None:
+        tr = tr[sub]
+    size = check_size(input_size, 32 if name == "imagefolder" else 224)
+    pick = lambda idx: [train_samples[i] for i in idx.tolist()]  # noqa: E731
+    return Data(train=FolderSplit(pick(tr), size, train=True, num_workers=num_workers),
+                val=FolderSplit(pick(va), size, num_workers=num_workers),
+                test=FolderSplit(test_samples, size, num_workers=num_workers),
+                info=DatasetInfo(name=name, num_classes=len(classes), in_channels=3, image_size=size,
+                                 classes=tuple(classes)))
