@@ -415,7 +415,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--input-size", type=int, help="image side (synthetic: default the model's; real: the dataset's)")
     a("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     a("--amp", default="none", help="none (default), bf16, fp16 (both methods)")
-    a("--norm", default="layer", help="block entry norm: layer (default), rms (the authors' code), none")
+    a("--recipe", default="paper", help="paper (default) or plus: the recipe's block options (asge/recipes.py)")
+    a("--norm", help="block entry norm: layer (the paper recipe's), rms (the authors' code), none")
     a("--channels-last", action="store_true", help="channels_last memory format (both methods)")
     a("--compile", action="store_true", help="torch.compile each ASGE block's step and the BP forward")
     a("--threads", type=int, help="torch threads (default: torch's)")
@@ -440,12 +441,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for width in args.width:
-        cfg = TrainConfig(dataset="digits" if args.dataset == "synthetic" else args.dataset,
-                          data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
-                          lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
-                          channels_last=args.channels_last, compile=args.compile, input_size=args.input_size,
-                          norm=args.norm)
-        cfg.validate()
+        options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,
+                       data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
+                       channels_last=args.channels_last, compile=args.compile, input_size=args.input_size)
+        if args.norm is not None:
+            options["norm"] = args.norm
+        cfg = TrainConfig.from_dict(options)
         cfg = cfg.resolved()
         cfg.dataset = args.dataset
         print(f"{args.model} width {width:g}, batch {args.batch_size}, {args.steps} timed steps per method "

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .goodness import GoodnessProjection, spatial_goodness, GOODNESS_REDUCTIONS
+from .heads import head_feature_dim, head_features
 from .layers import ChannelLayerNorm, create_context, create_norm, create_pool
 
 
@@ -44,6 +45,8 @@ class ASGEBlock(nn.Module):
             whole image (GroupNorm with one group) instead of the channels at each pixel, which would turn a
             1-channel image into zeros.
         context: context module after the ReLU (``none``, ``sge``, ``gsop``, ...), ``context_options`` its kwargs.
+        head_features: what the Fusion head reads of Y (``gap``, ``goodness``, ``patch``; see
+            :func:`asge.heads.head_features`).
         generator: draws the fixed projection.
 
     Shapes: x (B, C_{l-1}, H, W) -> Y (B, C_l, H, W) -> output (B, C_l, H/2, W/2) if ``downsample`` else Y's shape;
@@ -53,12 +56,15 @@ class ASGEBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, in_size: int, num_classes: int, partition: int,
                  downsample: bool = False, norm: str = "layer", pool: str = "rms", context: str = "none",
                  context_options: Optional[dict] = None, dropout: float = 0.1, goodness: str = "mean",
-                 first: bool = False, generator: Optional[torch.Generator] = None, device=None, dtype=None):
+                 head_features: str = "gap", first: bool = False, generator: Optional[torch.Generator] = None,
+                 device=None, dtype=None):
         super().__init__()
         if goodness not in GOODNESS_REDUCTIONS:
             raise ValueError(f"unknown goodness {goodness!r}; valid: {', '.join(GOODNESS_REDUCTIONS)}")
         self.in_channels, self.out_channels, self.in_size = in_channels, out_channels, in_size
         self.partition, self.downsample, self.goodness = partition, downsample, goodness
+        self.head_kind = head_features
+        self.head_dim = head_feature_dim(out_channels, partition, head_features)
         if first and norm == "layer":
             self.norm = nn.GroupNorm(1, in_channels, eps=1e-5, device=device, dtype=dtype)
         else:
@@ -96,6 +102,10 @@ class ASGEBlock(nn.Module):
     def local_logits(self, y: torch.Tensor) -> torch.Tensor:
         """a_l = spatial_goodness(Y) @ W_l + b_l: (B, C_out, H, W) -> (B, N)."""
         return self.projection(spatial_goodness(y, self.partition, self.goodness))
+
+    def head_features(self, y: torch.Tensor) -> torch.Tensor:
+        """What the heads read of Y: (B, C_out, H, W) -> (B, head_dim) float32, GAP(Y) first."""
+        return head_features(y, self.partition, self.head_kind)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (Y, output)."""

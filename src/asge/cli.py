@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import TrainConfig
+from .config import TrainConfig, read_yaml_options
 from .errors import AsgeError
 
 # Subcommands defined in their own modules: each has add_arguments(parser) and run(args) -> int.
@@ -51,6 +51,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; defaults are None so that YAML and presets fill the gaps."""
     a = p.add_argument
     a("--config", help="YAML file of options (flags given here override it)")
+    a("--recipe", help="paper (default: the paper's recipe) or plus (the improved local recipe, "
+                       "docs/accuracy.md); sets defaults that --config and flags override")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet")
     g.add_argument("--data-root", help="where the dataset lives (fashion-mnist also finds Debian's package)")
@@ -72,6 +74,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context-blocks", type=lambda s: [int(x) for x in s.split(",")],
                    help="1-based blocks that get the context module, e.g. 2,3,4 (default: all)")
     g.add_argument("--dropout", type=float)
+    g.add_argument("--head-features", help="what the Fusion head reads of each block: gap (default), goodness "
+                                          "(GAP + patch energies), patch (GAP + patch means)")
+    g.add_argument("--fusion-from", type=int, help="first block (1-based) the Fusion head reads (default 2)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", help="asge (default) or bp (backprop baseline on the same blocks)")
     g.add_argument("--epochs", type=int)
@@ -95,14 +100,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--progress", help="auto (default), bar, lines, none")
 
 
-CONFIG_FLAGS = ("dataset", "data_root", "download", "subset", "input_size", "num_workers", "model", "width",
-                "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout", "method", "epochs",
+CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "num_workers", "model",
+                "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
+                "head_features", "fusion_from", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
                 "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < the run's own config.yaml (when resuming) < --config YAML < flags."""
+    """Defaults < the recipe's (``--recipe``, or the YAML's ``recipe``) < the run's own config.yaml (when
+    resuming) < --config YAML < flags."""
     overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "channels", None) is not None:
         overrides["channels"], overrides["downsample"] = args.channels
@@ -113,8 +120,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         from .run import RunDir
         base = RunDir(args.out).read_config().to_dict()
     if args.config:
-        cfg = TrainConfig.from_yaml(args.config)
-        base.update({k: v for k, v in cfg.to_dict().items()})
+        base.update(read_yaml_options(args.config))
     base.update(overrides)
     return TrainConfig.from_dict(base)
 

@@ -11,8 +11,23 @@ import yaml
 METHODS = ("asge", "bp")
 
 
+def read_yaml_options(path: str | Path) -> dict:
+    """The option: value mapping of a YAML config file (keys with ``_``), as written: nothing filled in."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
 @dataclass
 class TrainConfig:
+    recipe: str = "paper"                 # paper | plus: defaults for the keys below (asge/recipes.py)
     # data
     dataset: str = "digits"
     data_root: Optional[str] = None
@@ -33,6 +48,8 @@ class TrainConfig:
     context_options: dict = field(default_factory=dict)
     context_blocks: Optional[list] = None  # 1-based blocks that get the context module (None = all)
     dropout: float = 0.1
+    head_features: str = "gap"            # what the Fusion head reads of Y_l: gap | goodness | patch
+    fusion_from: int = 2                  # first block (1-based) the Fusion head reads; the paper skips block 1
     # optimisation
     method: str = "asge"
     epochs: Optional[int] = None          # None: the preset's default
@@ -58,26 +75,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from the keys given; the keys not given come from ``d["recipe"]`` (asge/recipes.py),
+        then from the dataclass defaults."""
+        from .recipes import recipe_defaults
+        d = {k.replace("-", "_"): v for k, v in d.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid: {', '.join(sorted(names))}")
-        cfg = cls(**{k.replace("-", "_"): v for k, v in d.items()})
+        d = {**recipe_defaults(d.get("recipe", "paper")), **d}
+        cfg = cls(**d)
         cfg.validate()
         return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {p} must hold a mapping of option: value, got {type(data).__name__}")
-        data = {k.replace("-", "_"): v for k, v in data.items()}
+        data = read_yaml_options(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
@@ -110,6 +123,14 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1, got {self.subset}")
+        from .heads import HEAD_FEATURES
+        from .recipes import RECIPES
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
+        if self.head_features not in HEAD_FEATURES:
+            raise ValueError(f"unknown head_features {self.head_features!r}; valid: {', '.join(HEAD_FEATURES)}")
+        if self.fusion_from < 1:
+            raise ValueError(f"fusion_from must be a 1-based block number >= 1, got {self.fusion_from}")
         if (self.channels is None) != (self.downsample is None):
             raise ValueError("channels and downsample must be given together (one entry per block)")
 

@@ -22,6 +22,9 @@ class ASGENet(nn.Module):
         norm, pool, goodness, dropout: block options (see :class:`ASGEBlock`).
         context, context_options, context_blocks: context module name, its kwargs, and the 1-based blocks
             that get it (None = all blocks).
+        head_features: what the Fusion head reads of each block (``gap``: GAP(Y_l), the paper; ``goodness``,
+            ``patch``: GAP(Y_l) and the block's patch statistics); fusion_from: first fused block (1-based,
+            the paper skips block 1: 2).
         seed: draws the conv init and the fixed projections (the run's seed).
 
     ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict.
@@ -31,7 +34,7 @@ class ASGENet(nn.Module):
                  num_classes: int = 10, image_size: int = 32, alpha: float = 1.0, norm: str = "layer",
                  pool: str = "rms", goodness: str = "mean", dropout: float = 0.1, context: str = "none",
                  context_options: Optional[dict] = None, context_blocks: Optional[Sequence[int]] = None,
-                 seed: int = 0, device=None, dtype=None):
+                 head_features: str = "gap", fusion_from: int = 2, seed: int = 0, device=None, dtype=None):
         super().__init__()
         if len(channels) == 0 or len(channels) != len(downsample):
             raise ValueError(f"channels ({len(channels)}) and downsample ({len(downsample)}) must be non-empty "
@@ -52,11 +55,12 @@ class ASGENet(nn.Module):
                 c_in, c, in_size=size, num_classes=num_classes,
                 partition=partition_factor(c, channels[-1], alpha, size), downsample=bool(down), norm=norm,
                 pool=pool, context=context if use_ctx else "none", context_options=context_options,
-                dropout=dropout, goodness=goodness, first=(i == 0), generator=generator,
+                dropout=dropout, goodness=goodness, head_features=head_features, first=(i == 0), generator=generator,
                 device=device, dtype=dtype))
             c_in, size = c, blocks[-1].out_size
         self.blocks = nn.ModuleList(blocks)
-        self.heads = Heads(list(channels), num_classes, generator, device=device, dtype=dtype)
+        self.heads = Heads(list(channels), num_classes, generator, feature_dims=[b.head_dim for b in blocks],
+                           fusion_from=fusion_from, device=device, dtype=dtype)
         self.register_buffer("best_block", torch.zeros((), dtype=torch.long, device=device))
 
     @classmethod
@@ -72,12 +76,13 @@ class ASGENet(nn.Module):
         return [b.out_channels for b in self.blocks]
 
     def forward_features(self, x: torch.Tensor, upto: Optional[int] = None):
-        """Run blocks 1..``upto`` (all by default). Returns (list of Y_l, list of GAP(Y_l) (B, C_l))."""
+        """Run blocks 1..``upto`` (all by default). Returns (list of Y_l, list of the heads' features of Y_l,
+        each (B, head_dim_l) starting with GAP(Y_l))."""
         ys, feats = [], []
         for block in self.blocks[:upto]:
             y, x = block(x)
             ys.append(y)
-            feats.append(y.mean(dim=(2, 3)))
+            feats.append(block.head_features(y))
         return ys, feats
 
     def block_logits(self, x: torch.Tensor) -> list[torch.Tensor]:

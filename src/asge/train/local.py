@@ -87,8 +87,8 @@ def block_step(block: ASGEBlock, optimizer: torch.optim.Optimizer, x: torch.Tens
                forward: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None):
     """One local update of one block; the unit that the sequential, pipelined and data-parallel modes share.
 
-    x: (B, C_in, H, W), detached here. Returns (output for the next block, detached; GAP(Y) (B, C_out),
-    detached; the local loss (0-dim); the number of correct local predictions (0-dim)). No host sync.
+    x: (B, C_in, H, W), detached here. Returns (output for the next block, detached; the heads' features of Y
+    (B, head_dim), detached; the local loss (0-dim); the number of correct local predictions (0-dim)). No host sync.
 
     ``dropout_seed``: seed of this step's dropout mask (None: the global RNG). ``handoff(out, feat)`` is
     called with the output and GAP(Y) before the update (a pipeline stage sends them on from there).
@@ -100,7 +100,7 @@ def block_step(block: ASGEBlock, optimizer: torch.optim.Optimizer, x: torch.Tens
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     with torch.no_grad(), autocast(), seeded_rng(dropout_seed, y.device):
         out = block.transmit(y)                      # branch 1: flows on, computed before the update
-    feat = y.detach().float().mean(dim=(2, 3))
+    feat = block.head_features(y.detach())
     if handoff is not None:
         handoff(out, feat)
     optimizer.zero_grad(set_to_none=True)            # branch 2: the block learns from its own loss

@@ -41,7 +41,7 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
     common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
                   alpha=cfg.alpha, norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout,
                   context=cfg.context, context_options=cfg.context_options, context_blocks=cfg.context_blocks,
-                  seed=cfg.seed)
+                  head_features=cfg.head_features, fusion_from=cfg.fusion_from, seed=cfg.seed)
     if cfg.channels is not None:
         return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
     return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
@@ -76,6 +76,11 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
     loss = (loss / max(n, 1)).tolist()
     return {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
             "fusion_loss": loss[L], "last_loss": loss[L + 1]}
+
+
+def headline_strategy(method: str) -> str:
+    """The strategy whose validation accuracy picks the checkpoint that is tested (summary.json's headline)."""
+    return "fusion" if method == "asge" else "last"
 
 
 def strategy_scores(method: str, ev: dict) -> dict:
@@ -210,7 +215,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         scores = strategy_scores(cfg.method, val)
         record = {"epoch": epoch, "train": train, "val": val, "val_strategy": scores, "lr": method.lrs(),
                   "seconds": seconds, "images_per_second": method.seen / max(seconds, 1e-9)}
-        score = scores["fusion" if cfg.method == "asge" else "last"]
+        score = scores[headline_strategy(cfg.method)]
         if score > best["score"]:
             best = {"score": score, "epoch": epoch, "val": val}
             if run is not None:
@@ -239,6 +244,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     test = evaluate(net, data.test, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
+               "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
                "val_accuracy": strategy_scores(cfg.method, best["val"])}
     counts = net.parameter_counts()

@@ -72,7 +72,7 @@ class _Stage(LocalLearning):
         self.lo, self.hi = bounds[rank]
         self.last = rank == self.K - 1
         self.in_flight: collections.deque = collections.deque()
-        self.cum_channels = [sum(b.out_channels for b in self.net.blocks[:i]) for i in range(len(self.net.blocks) + 1)]
+        self.cum_channels = [sum(b.head_dim for b in self.net.blocks[:i]) for i in range(len(self.net.blocks) + 1)]
 
     # -- sending / receiving ---------------------------------------------------------------------------
     def _wait(self, work) -> None:
@@ -120,7 +120,7 @@ class _Stage(LocalLearning):
         if cl:
             x = x.permute(0, 3, 1, 2)
         flat = self._recv((batch, self.cum_channels[self.lo]), torch.float32, self.rank - 1)
-        sizes = [blk.out_channels for blk in self.net.blocks[:self.lo]]
+        sizes = [blk.head_dim for blk in self.net.blocks[:self.lo]]
         feats = [f.contiguous() for f in flat.split(sizes, dim=1)]
         return x, labels, feats
 
