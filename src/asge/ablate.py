@@ -56,8 +56,9 @@ CSV_COLUMNS = ("setting", "pool", "context", "status", "fusion", "last", "best",
 
 
 def setting_name(pool: str, context: str) -> str:
-    """``rms``, ``gsop-spatial`` -> ``rms-gsop-spatial`` (pool names hold no dash)."""
-    return f"{pool}-{context}"
+    """``rms``, ``gsop-spatial`` -> ``rms-gsop-spatial`` (pool names hold no dash); an import path's ``:``
+    becomes ``.`` (``rms``, ``my_gates:Gate`` -> ``rms-my_gates.Gate``: a directory name on every system)."""
+    return f"{pool}-{context}".replace(":", ".")
 
 
 def parse_list(text: str) -> list[str]:
@@ -88,8 +89,8 @@ def split_context_options(options: Optional[dict]) -> tuple[dict, dict[str, dict
     """``{"groups": 8, "ge:extent": 4}`` -> (options for every module, {module: its own options})."""
     common, per = {}, {}
     for key, value in (options or {}).items():
-        if ":" in str(key):
-            name, k = str(key).split(":", 1)
+        if ":" in str(key):               # rsplit: the module name may itself be an import path
+            name, k = str(key).rsplit(":", 1)
             CONTEXTS.check(name.strip())
             per.setdefault(name.strip(), {})[k.strip()] = value
         else:

@@ -1,6 +1,7 @@
 """Pooling layers: RMS pooling (the ASGE seed's choice) and the ``create_pool`` factory.
 
-SoftPool lives in :mod:`asge.layers.softpool` and registers itself here under ``"soft"``.
+SoftPool lives in :mod:`asge.layers.softpool` and registers itself here under ``"soft"``. Your own:
+``create_pool("my_package.my_module:MyPool")`` or an ``asge.pools`` entry point (:mod:`asge.layers.plugins`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,23 @@ from torch import nn
 
 from .registry import Registry
 
-POOLS = Registry("pool")
+
+def _adapt_pool(factory, name: str):
+    """A pool class or factory of your own (import path / ``asge.pools`` entry point), called as the built-in
+    ones: ``factory(kernel_size=, stride=, **options)`` (those two only if it takes them); refused unless it
+    maps (B, C, H, W) to what ``nn.AvgPool2d(kernel_size, stride)`` would."""
+    from .plugins import call_plugin, check_shape
+
+    def build(kernel_size=2, stride=None, **options) -> nn.Module:
+        module = call_plugin(factory, name, "pool", (), dict(kernel_size=kernel_size, stride=stride), options)
+        side = (8 - kernel_size) // (stride or kernel_size) + 1
+        check_shape(module, name, "pool", (2, 4, 8, 8), (2, 4, side, side))
+        return module
+
+    return build
+
+
+POOLS = Registry("pool", group="asge.pools", adapt=_adapt_pool)
 
 
 def rms_pool2d(x: torch.Tensor, kernel_size=2, stride=None, padding=0, ceil_mode: bool = False,

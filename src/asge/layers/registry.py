@@ -1,7 +1,7 @@
 """A tiny string-keyed registry: ``name -> constructor``, with errors that list the valid keys."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 
 class Registry(dict):
@@ -12,9 +12,11 @@ class Registry(dict):
     ... def _rms(**kw): ...
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, group: Optional[str] = None, adapt: Optional[Callable] = None):
         super().__init__()
         self.kind = kind
+        self.group = group    # entry-point group searched for names not registered here (asge.contexts, ...)
+        self.adapt = adapt    # adapt(factory, name) -> constructor: wraps a class found by import path / entry point
 
     def register(self, name: str) -> Callable:
         def deco(fn: Callable) -> Callable:
@@ -24,8 +26,17 @@ class Registry(dict):
         return deco
 
     def check(self, name: str) -> str:
-        if name not in self:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self))}")
+        """``name`` if registered; an import path (``pkg.module:Name``) or an entry point of ``group`` is
+        imported and registered first (see :mod:`asge.layers.plugins`). Else a ValueError listing the names."""
+        if name in self:
+            return name
+        from .plugins import IMPORT_PATH_HINT, entry_point_names, find_plugin
+        factory = find_plugin(str(name), self.kind, self.group)
+        if factory is None:
+            valid = sorted(set(self) | set(entry_point_names(self.group)))
+            hint = f"; {IMPORT_PATH_HINT}" if self.group else ""
+            raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(valid)}{hint}")
+        self[name] = self.adapt(factory, name) if self.adapt else factory
         return name
 
     def create(self, name: str, *args, **kwargs):
