@@ -20,7 +20,8 @@ IMAGENET_VAL_SIZE = 10000
 #: Fraction of an ImageFolder train/ tree held out for validation.
 IMAGEFOLDER_VAL_FRACTION = 0.1
 
-_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: File extensions read as images (folder datasets, ``asge predict``).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class _FolderDataset(torch.utils.data.Dataset):
@@ -50,9 +51,16 @@ class _FolderDataset(torch.utils.data.Dataset):
             img = TF.resized_crop(img, top, left, h, w, [s, s], antialias=True)
             if rng.random() < 0.5:
                 img = TF.horizontal_flip(img)
-        else:  # Resize(round(s * 8 / 7)) + CenterCrop(s)
-            img = TF.center_crop(TF.resize(img, [round(s * 8 / 7)], antialias=True), [s, s])
+        else:
+            img = resize_center_crop(img, s)
         return TF.pil_to_tensor(img), label
+
+
+def resize_center_crop(img, size: int):
+    """The evaluation transform of the folder datasets (also ``asge predict``'s): Resize(round(S * 8 / 7)) of
+    the shorter side, then CenterCrop(S). PIL image -> PIL image S x S."""
+    import torchvision.transforms.v2.functional as TF
+    return TF.center_crop(TF.resize(img, [round(size * 8 / 7)], antialias=True), [size, size])
 
 
 def _random_resized_crop_params(height: int, width: int, rng: random.Random,
@@ -139,12 +147,12 @@ def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layo
     for c in dirs:
         files = []
         for dirpath, _, filenames in sorted(os.walk(split_dir / c, followlinks=True)):
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(_IMG_EXTENSIONS))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             empty.append(str(split_dir / c))
         samples.extend((f, index[c]) for f in files)
     if empty:
-        raise DatasetError(f"{name}: empty class folder(s) (no {'/'.join(_IMG_EXTENSIONS)} files): "
+        raise DatasetError(f"{name}: empty class folder(s) (no {'/'.join(IMAGE_EXTENSIONS)} files): "
                            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; expected {layout}")
     return samples, list(classes)
 
