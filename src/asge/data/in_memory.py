@@ -32,7 +32,7 @@ def _dedupe(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 8192) -> torch.Tensor:
+def resize_uint8(x: torch.Tensor, size: int, chunk: int = 8192) -> torch.Tensor:
     """Bilinear (antialiased) resize of uint8 images. x: (N, C, H, W) -> uint8 (N, C, size, size)."""
     if x.shape[-2:] == (size, size):
         return x
@@ -78,7 +78,7 @@ def load_digits(*, subset, seed, device, input_size) -> Data:
     size = check_size(input_size, 8)
     scale = 1.0 / 16
     if size != 8:  # back to 0..255 before resizing so the uint8 storage keeps the precision
-        x = _resize_uint8((x.float() * (255.0 / 16)).round_().to(torch.uint8), size)
+        x = resize_uint8((x.float() * (255.0 / 16)).round_().to(torch.uint8), size)
         scale = 1.0 / 255
     sub = subset_indices(len(tr), subset, seed, "digits")
     if sub is not None:
@@ -155,8 +155,8 @@ def load_mnist_like(name: str, root, *, download, subset, seed, device, input_si
             raise DatasetError(f"{name}: {found[f'{split}_images']} holds no images")
         _check_labels(yi, 10, str(found[f"{split}_labels"]))
     size = check_size(input_size, 32)
-    tx = _resize_uint8(torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1), size)
-    ex = _resize_uint8(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1), size)
+    tx = resize_uint8(torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1), size)
+    ex = resize_uint8(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1), size)
     ty = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     ey = torch.from_numpy(arrays["test_labels"].astype(np.int64))
     n_val = tx.shape[0] // 6  # 10000 of the official 60000
@@ -210,6 +210,6 @@ def load_cifar(name: str, root, *, download, subset, seed, device, input_size) -
     tx, ty = read(train_files)
     ex, ey = read(test_files)
     size = check_size(input_size, 32)
-    tx, ex = _resize_uint8(tx, size), _resize_uint8(ex, size)
+    tx, ex = resize_uint8(tx, size), resize_uint8(ex, size)
     return _in_memory(name, tx, ty, ex, ey, tx.shape[0] // 10, num_classes=ncls, augmentation="cifar",
                       subset=subset, seed=seed, device=device)
