@@ -27,8 +27,13 @@ class ASGENet(nn.Module):
             the paper skips block 1: 2).
         seed: draws the conv init and the fixed projections (the run's seed).
 
-    ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict.
+    ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict; it can be
+    set as a plain number (``net.best_block = 3``). ``classes`` (index -> name) and ``preprocessing`` (how an
+    image file becomes an input row, :class:`asge.preprocess.Preprocessing`) are set by :func:`asge.load`.
     """
+
+    classes: tuple = ()
+    preprocessing = None
 
     def __init__(self, channels: Sequence[int], downsample: Sequence[bool], *, in_channels: int = 3,
                  num_classes: int = 10, image_size: int = 32, alpha: float = 1.0, norm: str = "layer",
@@ -71,9 +76,24 @@ class ASGENet(nn.Module):
         return cls(scale_channels(p["channels"], width), p["downsample"], in_channels=in_channels,
                    num_classes=num_classes, image_size=image_size or p["image_size"], **kwargs)
 
+    def __setattr__(self, name, value):
+        if name == "best_block" and not isinstance(value, torch.Tensor) and "best_block" in self._buffers:
+            if not 0 <= int(value) <= len(self.blocks):
+                raise ValueError(f"best_block must be 1..{len(self.blocks)} (0: not chosen), got {value}")
+            self._buffers["best_block"].fill_(int(value))
+            return
+        super().__setattr__(name, value)
+
     @property
     def channels(self) -> list[int]:
         return [b.out_channels for b in self.blocks]
+
+    def preprocess(self, images, device=None) -> torch.Tensor:
+        """Paths, PIL images or uint8 arrays -> float32 (B, C, S, S) for :meth:`predict`, on ``device`` (default:
+        the network's), by ``self.preprocessing`` (default: stretch to S x S, the in-memory datasets' way)."""
+        from .preprocess import Preprocessing
+        pre = self.preprocessing or Preprocessing(self.image_size, self.blocks[0].in_channels)
+        return pre(images, device=device if device is not None else self.best_block.device)
 
     def forward_features(self, x: torch.Tensor, upto: Optional[int] = None):
         """Run blocks 1..``upto`` (all by default). Returns (list of Y_l, list of the heads' features of Y_l,
