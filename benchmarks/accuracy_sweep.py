@@ -1,0 +1,182 @@
+"""Accuracy sweep: many `asge train` runs (configurations x seeds), several at once, one table of mean +- sd.
+
+    python benchmarks/accuracy_sweep.py --data DIR --out DIR [--suite budget,general,full] [--jobs 12]
+                                        [--seeds 0,1,2] [--deadline SECONDS] [--tiny]
+
+Each run is a plain `asge train` subprocess (one torch thread) in OUT/runs/<suite>/<name>-s<seed>; a run whose
+summary.json exists is read back, one with a checkpoint is resumed, so a killed sweep continues where it
+stopped. After every finished run OUT/sweep.json (every run's summary) and OUT/sweep.md (per configuration:
+mean +- sd over seeds of the headline, Fusion, Last, Best-block test accuracy, per-block test accuracy, train
+seconds) are rewritten, so a timed-out sweep still leaves its results. `--deadline`: no run starts after that
+many seconds. Suites (the long `full` runs are started first):
+
+- budget: Fashion-MNIST, VGG8 x0.25, 20k training images, 3 epochs, lr 2e-3 (issue 9's budget): the paper
+  recipe, each factor added to it alone, candidate improved recipes, and backprop.
+- general: scikit-learn digits (its preset) and Fashion-MNIST with `quick` x0.5 (20k images, 3 epochs):
+  the paper recipe against the candidates, unchanged.
+- full: all 50k Fashion-MNIST training images, VGG8 x0.25, 10 epochs, lr 2e-3: paper, candidates, backprop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+BUDGET = ["--dataset", "fashion-mnist", "--model", "vgg8", "--width", "0.25", "--subset", "20000",
+          "--epochs", "3", "--lr", "2e-3"]
+FULL = ["--dataset", "fashion-mnist", "--model", "vgg8", "--width", "0.25", "--epochs", "10", "--lr", "2e-3"]
+QUICK = ["--dataset", "fashion-mnist", "--model", "quick", "--width", "0.5", "--subset", "20000", "--epochs", "3"]
+DIGITS = ["--dataset", "digits"]
+
+# Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
+FACTORS = {
+    "paper": [],
+    "bp": ["--method", "bp"],
+    "+ge": ["--context", "ge"],
+    "+ge-minus": ["--context", "ge-minus"],
+    "+head-goodness": ["--head-features", "goodness"],
+    "+head-patch": ["--head-features", "patch"],
+    "+fusion-from-1": ["--fusion-from", "1"],
+    "+norm-rms": ["--norm", "rms"],
+    "+label-smoothing": ["--label-smoothing", "0.1"],
+    "+head-lr-1e-2": ["--head-lr", "1e-2"],
+    "+batch-64": ["--batch-size", "64"],
+}
+CANDIDATES = {
+    "plus": ["--recipe", "plus"],
+    "plus+norm-rms": ["--recipe", "plus", "--norm", "rms"],
+    "plus+label-smoothing": ["--recipe", "plus", "--label-smoothing", "0.1"],
+    "plus+head-lr-1e-2": ["--recipe", "plus", "--head-lr", "1e-2"],
+    "plus+head-patch": ["--recipe", "plus", "--head-features", "patch"],
+    "plus+fusion-from-2": ["--recipe", "plus", "--fusion-from", "2"],
+    "plus+ge-minus": ["--recipe", "plus", "--context", "ge-minus"],
+}
+
+
+def suite_runs(suite: str, seeds: list[int], tiny: bool) -> list[tuple[str, str, list[str]]]:
+    """(suite, name, flags) of every run of ``suite``; names carry the seed."""
+    if tiny:   # the whole machinery on digits in seconds (tests, and a dry run before a GPU session)
+        base, configs = ["--dataset", "digits", "--epochs", "1"], {"paper": [], "bp": ["--method", "bp"],
+                                                                     "plus": ["--recipe", "plus"]}
+        return [(suite, f"{n}-s{s}", base + f + ["--seed", str(s)]) for n, f in configs.items() for s in seeds]
+    if suite == "budget":
+        configs = [(n, BUDGET + f) for n, f in {**FACTORS, **CANDIDATES}.items()]
+    elif suite == "general":
+        picks = ["paper", "plus", "plus+norm-rms", "plus+label-smoothing", "plus+head-lr-1e-2"]
+        flags = {**FACTORS, **CANDIDATES}
+        configs = [(f"digits/{n}", DIGITS + flags[n]) for n in picks] + \
+                  [(f"quick-w0.5/{n}", QUICK + flags[n]) for n in picks]
+    elif suite == "full":
+        configs = [("paper", FULL), ("plus", FULL + CANDIDATES["plus"]), ("bp", FULL + FACTORS["bp"]),
+                   ("plus+norm-rms", FULL + CANDIDATES["plus+norm-rms"]),
+                   ("plus+label-smoothing", FULL + CANDIDATES["plus+label-smoothing"])]
+    else:
+        raise SystemExit(f"accuracy_sweep: unknown suite {suite!r}; valid: budget, general, full")
+    return [(suite, f"{n}-s{s}", f + ["--seed", str(s)]) for n, f in configs for s in seeds]
+
+
+def run_one(root: Path, scratch: Path, suite: str, name: str, flags: list[str], data: str | None) -> dict:
+    """Train one run (or read it back); copy its config, metrics and summary (no checkpoints) under ``root``."""
+    keep = root / "runs" / suite / name
+    if (keep / "summary.json").is_file():
+        return json.loads((keep / "summary.json").read_text())
+    work = scratch / suite / name
+    cmd = [sys.executable, "-m", "asge", "train", *flags, "--out", str(work), "--progress", "none"]
+    if data and "digits" not in flags:
+        cmd += ["--data-root", data]
+    if (work / "checkpoints" / "last.pt").is_file():
+        cmd.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "log.txt").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+        if (work / f).is_file():
+            shutil.copy2(work / f, keep / f)
+    if proc.returncode != 0 or not (keep / "summary.json").is_file():
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode,
+                "wall_seconds": time.time() - t0}
+    return json.loads((keep / "summary.json").read_text())
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results: dict) -> str:
+    """Markdown: one row per (suite, configuration), mean ± sd over its finished seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for (suite, name), s in sorted(results.items()):
+        if "error" in s:
+            continue
+        groups.setdefault((suite, name.rsplit("-s", 1)[0]), []).append(s)
+    lines = ["| suite | configuration | seeds | headline (test %) | fusion | last | best block (l*) | "
+             "per-block test % (mean) | train s | parameters (blocks + heads) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (suite, name), runs in groups.items():
+        acc = lambda k: [r["test_accuracy"][k] for r in runs if k in r["test_accuracy"]]  # noqa: E731
+        head = [r["test_accuracy"][r.get("headline", "fusion" if r["method"] == "asge" else "last")] for r in runs]
+        blocks = [r["block_test_accuracy"] for r in runs if r.get("block_test_accuracy")]
+        per_block = " ".join(f"{statistics.mean(col):.1f}" for col in zip(*blocks)) if blocks else "–"
+        lstar = ",".join(str(r["best_block"]) for r in runs if r.get("best_block"))
+        p = runs[0].get("parameters", {})
+        params = p.get("blocks", 0) + p.get("fusion", 0) + p.get("last", 0)
+        lines.append(f"| {suite} | {name} | {len(runs)} | {mean_sd(head)} | {mean_sd(acc('fusion'))} | "
+                     f"{mean_sd(acc('last'))} | {mean_sd(acc('best'))}{f' ({lstar})' if lstar else ''} | "
+                     f"{per_block} | {mean_sd([r['train_seconds'] for r in runs])} | {params} |")
+    failed = [f"{suite}/{name}: {s['error']}" for (suite, name), s in sorted(results.items()) if "error" in s]
+    return "\n".join(lines + ([""] + ["failed: " + f for f in failed] if failed else [])) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="Fashion-MNIST folder (IDX .gz files); default: asge's own search")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scratch", help="where the runs train (checkpoints); default OUT/scratch")
+    p.add_argument("--suite", default="full,budget,general")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--deadline", type=float, default=float("inf"), help="start no run after this many seconds")
+    p.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 3 configurations: a dry run")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(args.scratch) if args.scratch else out / "scratch"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    suites = ["tiny"] if args.tiny else args.suite.split(",")
+    runs = [r for suite in suites for r in suite_runs(suite, seeds, args.tiny)]
+    start, results = time.time(), {}
+
+    def launch(run):
+        if time.time() - start > args.deadline:
+            return run, {"error": "not started: past the deadline"}
+        return run, run_one(out, scratch, run[0], run[1], run[2], args.data)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for fut in as_completed([pool.submit(launch, r) for r in runs]):
+            (suite, name, _), summary = fut.result()
+            results[(suite, name)] = summary
+            print(f"[{time.time() - start:6.0f}s] {suite}/{name}: "
+                  + (summary["error"] if "error" in summary else
+                     " ".join(f"{k} {v:.2f}" for k, v in summary["test_accuracy"].items())), flush=True)
+            (out / "sweep.json").write_text(json.dumps({f"{s}/{n}": v for (s, n), v in results.items()},
+                                                       indent=1) + "\n")
+            (out / "sweep.md").write_text(table(results))
+    print(table(results))
+    return 0 if all("error" not in s for s in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
