@@ -1,4 +1,5 @@
-"""The ``asge`` command: train, eval, and the subcommands that other modules add (ablate, bench, report).
+"""The ``asge`` command: train, eval, and the subcommands that other modules add (ablate, bench, report,
+predict, export).
 
 Bad input exits with code 2 and a one-line message, never a traceback.
 """
@@ -20,6 +21,8 @@ EXTRA_COMMANDS = {
     "ablate": ("asge.ablate", "run a grid of pool x context settings and write a results table"),
     "bench": ("asge.bench", "ASGE against backprop on the same batches: speed and memory"),
     "report": ("asge.report", "plots, report.md and report.html from one or more run directories"),
+    "predict": ("asge.predict", "classify image files or folders with a trained run"),
+    "export": ("asge.export", "write a run as TorchScript, ONNX or safetensors, with a model card"),
 }
 
 

@@ -134,8 +134,12 @@ class Preprocessing:
         """Images (one, or a list of paths / PIL images / uint8 arrays) -> float32 (B, C, S, S) on ``device``."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        x = torch.stack([self.image(im) for im in images]).to(device=device, dtype=torch.float32).mul_(1.0 / 255)
-        return rms_normalize(x)
+        return self.batch([self.image(im) for im in images], device)
+
+    @staticmethod
+    def batch(rows, device=None) -> torch.Tensor:
+        """uint8 images (C, S, S) from :meth:`image` -> float32 (B, C, S, S): / 255, then divided by the RMS."""
+        return rms_normalize(torch.stack(rows).to(device=device, dtype=torch.float32).mul_(1.0 / 255))
 
 
 __all__ = ["Preprocessing", "ImageReadError", "read_image", "find_images", "RESIZES"]
