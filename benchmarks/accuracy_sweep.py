@@ -82,8 +82,10 @@ def suite_runs(suite: str, seeds: list[int], tiny: bool) -> list[tuple[str, str,
     return [(suite, f"{n}-s{s}", f + ["--seed", str(s)]) for n, f in configs for s in seeds]
 
 
-def run_one(root: Path, scratch: Path, suite: str, name: str, flags: list[str], data: str | None) -> dict:
-    """Train one run (or read it back); copy its config, metrics and summary (no checkpoints) under ``root``."""
+def run_one(root: Path, scratch: Path, suite: str, name: str, flags: list[str], data: str | None,
+            time_left: float = float("inf")) -> dict:
+    """Train one run (or read it back); copy its config, metrics and summary (no checkpoints) under ``root``.
+    A run still going after ``time_left`` seconds is stopped; its finished epochs' metrics are kept."""
     keep = root / "runs" / suite / name
     if (keep / "summary.json").is_file():
         return json.loads((keep / "summary.json").read_text())
@@ -95,14 +97,22 @@ def run_one(root: Path, scratch: Path, suite: str, name: str, flags: list[str], 
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(1.0, time_left))
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        output = "\n".join(t.decode() if isinstance(t, bytes) else (t or "") for t in (e.stdout, e.stderr))
+        code, proc = None, None
     keep.mkdir(parents=True, exist_ok=True)
-    (keep / "log.txt").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    (keep / "log.txt").write_text(" ".join(cmd) + "\n" + output)
     for f in ("config.yaml", "metrics.jsonl", "summary.json"):
         if (work / f).is_file():
             shutil.copy2(work / f, keep / f)
-    if proc.returncode != 0 or not (keep / "summary.json").is_file():
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode,
+    if code is None:
+        return {"error": "stopped at the sweep's time limit (metrics.jsonl keeps the finished epochs)",
+                "wall_seconds": time.time() - t0}
+    if code != 0 or not (keep / "summary.json").is_file():
+        return {"error": (output.strip().splitlines() or ["no output"])[-1], "returncode": code,
                 "wall_seconds": time.time() - t0}
     return json.loads((keep / "summary.json").read_text())
 
@@ -149,6 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--deadline", type=float, default=float("inf"), help="start no run after this many seconds")
+    p.add_argument("--stop-after", type=float, default=float("inf"),
+                   help="stop the runs still going after this many seconds (their metrics are kept)")
+    p.add_argument("--skip", help="comma-separated configurations not to run: NAME (every suite) or SUITE/NAME")
     p.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 3 configurations: a dry run")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -157,12 +170,17 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     suites = ["tiny"] if args.tiny else args.suite.split(",")
     runs = [r for suite in suites for r in suite_runs(suite, seeds, args.tiny)]
+    if args.skip:
+        skip = set(args.skip.split(","))
+        config = lambda r: r[1].rsplit("-s", 1)[0]  # noqa: E731
+        runs = [r for r in runs if config(r) not in skip and f"{r[0]}/{config(r)}" not in skip]
     start, results = time.time(), {}
 
     def launch(run):
         if time.time() - start > args.deadline:
             return run, {"error": "not started: past the deadline"}
-        return run, run_one(out, scratch, run[0], run[1], run[2], args.data)
+        return run, run_one(out, scratch, run[0], run[1], run[2], args.data,
+                            time_left=args.stop_after - (time.time() - start))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for fut in as_completed([pool.submit(launch, r) for r in runs]):
