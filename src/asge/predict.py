@@ -61,7 +61,8 @@ def predict_files(net, files: list[str], strategy: str, top_k: int, batch_size: 
             yield {"path": path, "predictions": [{"class": net.classes[j], "probability": q} for j, q in zip(idx, p)]}
 
 
-def write(results: Iterator[dict], fmt: str, out=sys.stdout) -> None:
+def write(results: Iterator[dict], fmt: str, out=None) -> None:
+    out = out or sys.stdout
     if fmt == "json":
         json.dump(list(results), out, indent=2)
         out.write("\n")
