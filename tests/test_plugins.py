@@ -72,6 +72,14 @@ def test_train_with_a_custom_context_and_pool(plugin_dir, tmp_path, capsys, sing
     assert "test accuracy per strategy" in capsys.readouterr().out
 
 
+def test_bench_with_a_custom_context(plugin_dir, tmp_path, capsys, single_thread):
+    import json
+    assert main(["bench", "--model", "digits", "--width", "0.25", "--steps", "1", "--warmup", "0", "--chunk", "1",
+                 "--batch-size", "8", "--context", f"{plugin_dir}:Scale", "--context-option", "factor=0.5",
+                 "--no-matmul-peak", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["results"][0]["context"] == f"{plugin_dir}:Scale"
+
+
 @pytest.mark.parametrize("flag, target, message", [
     ("--context", "no_such_module_xyz:Gate", "module 'no_such_module_xyz' cannot be imported (ModuleNotFoundError"),
     ("--context", "{mod}:Missing", "module '{mod}' has no attribute 'Missing'"),

@@ -332,7 +332,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
         "model": cfg.model, "width": cfg.width, "channels": methods["asge"].net.channels,
         "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup, "chunk": chunk,
         "dataset": cfg.dataset, "device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
-        "norm": cfg.norm,
+        "norm": cfg.norm, "pool": cfg.pool, "context": cfg.context,
         "compile": cfg.compile, "threads": torch.get_num_threads(),
         "images_per_second": ips, "seconds": seconds, "speed_ratio": speed_ratio,
         "chunk_speed_ratios": chunk_ratios,
@@ -402,6 +402,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import parse_option
     a = p.add_argument
     a("--model", default="vgg8", help="preset: vgg8 (default), vgg11, quick, digits")
     a("--width", type=float, nargs="+", default=[0.25, 0.5], help="width multiplier(s) (default 0.25 0.5)")
@@ -417,6 +418,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--amp", default="none", help="none (default), bf16, fp16 (both methods)")
     a("--recipe", default="paper", help="paper (default) or plus: the recipe's block options (asge/recipes.py)")
     a("--norm", help="block entry norm: layer (the paper recipe's), rms (the authors' code), none")
+    a("--pool", help="rms (default), avg, max, soft, or your own by import path (docs/extending.md)")
+    a("--context", help="none (default), sge, gsop, gsop-spatial, ge-minus, ge, ge-plus, or your own by import "
+                        "path, e.g. my_gates:ChannelGate (docs/extending.md)")
+    a("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
+      help="option for the context module (repeatable)")
+    a("--context-blocks", type=lambda s: [int(x) for x in s.split(",")], help="1-based blocks with the context")
     a("--channels-last", action="store_true", help="channels_last memory format (both methods)")
     a("--compile", action="store_true", help="torch.compile each ASGE block's step and the BP forward")
     a("--threads", type=int, help="torch threads (default: torch's)")
@@ -445,8 +452,11 @@ def run(args: argparse.Namespace) -> int:
                        data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
                        channels_last=args.channels_last, compile=args.compile, input_size=args.input_size)
-        if args.norm is not None:
-            options["norm"] = args.norm
+        for key in ("norm", "pool", "context", "context_blocks"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+        if args.context_option:
+            options["context_options"] = dict(args.context_option)
         cfg = TrainConfig.from_dict(options)
         cfg = cfg.resolved()
         cfg.dataset = args.dataset
