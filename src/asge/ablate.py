@@ -41,8 +41,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from .config import TrainConfig
-from .errors import AsgeError
+from .errors import AsgeError, Preempted
 from .layers import CONTEXTS, POOLS
+from .lock import RunLock
 from .run import RunDir
 
 DEFAULT_POOLS = ("rms", "avg", "max", "soft")
@@ -160,7 +161,6 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     ones recorded with their error. Writes ``ablation.csv`` and ``ablation.md`` in ``out_dir`` (after
     each setting) and returns the rows (dicts keyed by :data:`CSV_COLUMNS`).
     """
-    from .train import fit
     for p in pools:
         POOLS.check(p)
     for c in contexts:
@@ -174,7 +174,15 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     reference = (base_cfg.pool, base_cfg.context)
     settings = grid_settings(pools, contexts, grid, reference)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, log=log):           # one ablation per directory; each setting's run locks its own
+        return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command)
+
+
+def _train_settings(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
+                    per: dict[str, dict], reference: tuple[str, str], grid: str, log: Callable[[str], None],
+                    command: Optional[str]) -> list[dict]:
+    """``run_ablation``'s loop, with ``out`` locked."""
+    from .train import fit
     meta = {"base": base_cfg.resolved(), "grid": grid, "reference": setting_name(*reference),
             "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
@@ -196,6 +204,9 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
                 fit(cfg, resume=True, log=lambda m, h=head: log(f"{h}  {m}"))
                 row["status"] = "trained"
             _fill_from_run(row, run, run.read_summary())
+        except Preempted as e:  # SIGTERM / SIGINT: the setting's checkpoint is written; stop the ablation
+            raise Preempted(f"{head}: {e.what}", e.signum, "run the same asge ablate command again to continue "
+                            "(finished settings are kept, this one resumes)") from None
         except Exception as e:  # one failing setting must not stop the others: record it and go on
             row.update(status="failed", error=_first_line(e))
             log(f"{head}: failed: {row['error']}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import TrainConfig, read_yaml_options
-from .errors import AsgeError
+from .errors import AsgeError, Preempted
 
 # Subcommands defined in their own modules: each has add_arguments(parser) and run(args) -> int.
 EXTRA_COMMANDS = {
@@ -42,12 +43,31 @@ def parse_channels(text: str) -> tuple[list[int], list[bool]]:
     return channels, down
 
 
+def parse_int_list(text: str) -> list[int]:
+    """``"2,3,4"`` -> [2, 3, 4]."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 2,3,4, got {text!r}") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags: one line (what was wrong, where to look) and exit code 2, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def parse_option(text: str) -> tuple[str, object]:
     import yaml
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"bad --context-option {text!r}: expected KEY=VALUE, e.g. groups=32")
     k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"bad --context-option value in {text!r}: not a number, word or "
+                                         "list") from None
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,7 +94,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", help="none, sge, gsop, gsop-spatial, ge-minus, ge, ge-plus")
     g.add_argument("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
                    help="option for the context module (repeatable), e.g. groups=32, extent=4")
-    g.add_argument("--context-blocks", type=lambda s: [int(x) for x in s.split(",")],
+    g.add_argument("--context-blocks", type=parse_int_list,
                    help="1-based blocks that get the context module, e.g. 2,3,4 (default: all)")
     g.add_argument("--dropout", type=float)
     g.add_argument("--head-features", help="what the Fusion head reads of each block: gap (default), goodness "
@@ -101,13 +121,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard events to the run")
     g.add_argument("--progress", help="auto (default), bar, lines, none")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also write a resumable checkpoint every N steps within an epoch (long epochs); "
+                        "SIGTERM / SIGINT always write one at the step they stop")
 
 
 CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "num_workers", "model",
                 "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
                 "head_features", "fusion_from", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
-                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress")
+                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress", "checkpoint_every")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -175,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asge", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = OneLineParser(prog="asge", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a network by ASGE (or --method bp)")
     add_train_arguments(p)
@@ -201,8 +224,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Preempted as e:          # SIGTERM / SIGINT: a checkpoint of the step it stopped at is written
+        if e.report:
+            print(f"asge: {e}", file=sys.stderr)
+        return e.exit_code
     except (AsgeError, ValueError) as e:
-        print(f"asge: error: {e}", file=sys.stderr)
+        report_error(e)
         return 2
     except KeyboardInterrupt:
         print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

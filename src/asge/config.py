@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,14 +17,94 @@ def read_yaml_options(path: str | Path) -> dict:
     """The option: value mapping of a YAML config file (keys with ``_``), as written: nothing filled in."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"config file {p} does not exist")
+        raise ValueError(f"config file {p} does not exist" if not p.exists() else f"config file {p} is not a file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {p} is not valid YAML: {e}") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        detail = " ".join(str(e).split())     # YAML's messages span lines
+        raise ValueError(f"config file {p} is not valid YAML text: {detail}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a mapping of option: value, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+#: Smallest value of each integer count.
+MIN_INT = {"subset": 1, "input_size": 1, "batch_size": 1, "epochs": 1, "pipeline": 1, "fusion_from": 1,
+           "num_workers": 0, "checkpoint_every": 0, "seed": 0}
+MAX_SEED = 2 ** 32 - 1
+#: Range of each real-valued key: (low, high, low allowed, high allowed).
+REAL_RANGE = {"width": (0.0, math.inf, False, False), "alpha": (0.0, math.inf, False, False),
+              "lr": (0.0, math.inf, False, False), "head_lr": (0.0, math.inf, False, False),
+              "weight_decay": (0.0, math.inf, True, False), "min_lr": (0.0, math.inf, True, False),
+              "dropout": (0.0, 1.0, True, False), "label_smoothing": (0.0, 1.0, True, False)}
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def check_types_and_ranges(cfg: "TrainConfig") -> None:
+    """Every key holds a value of its field's type and range; else one ValueError naming key, value and what
+    is expected. Numbers written as strings are read as numbers for real-valued keys (YAML 1.1 reads
+    ``1e-3`` as a string); booleans are never taken for numbers."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key, value = f.name, getattr(cfg, f.name)
+        hint = hints[key]
+        optional = type(None) in typing.get_args(hint)
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+        if value is None and optional:
+            continue
+        if kind is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+            else:
+                setattr(cfg, key, value)
+        if kind is int:
+            low = MIN_INT.get(key)
+            what = "an integer" + (f" >= {low}" if low is not None else "")
+            ok = isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+            if key == "seed":
+                what, ok = f"an integer in [0, {MAX_SEED}]", ok and value <= MAX_SEED
+        elif kind is float:
+            rng = REAL_RANGE.get(key, (-math.inf, math.inf, False, False))
+            what = "a number" + (f" {_interval(*rng)}" if key in REAL_RANGE else "")
+            low, high, low_in, high_in = rng
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and (value > low or (low_in and value == low)) and (value < high or (high_in and value == high)))
+        elif kind is bool:
+            what, ok = "true or false", isinstance(value, bool)
+        elif kind is str:
+            what, ok = "a string", isinstance(value, str) and value != ""
+        elif kind is list:
+            what, ok = "a list", isinstance(value, (list, tuple))
+        elif kind is dict:
+            what, ok = "a mapping of option: value", isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{key}: expected {what}, got {value!r}")
+    _check_block_lists(cfg)
+
+
+def _check_block_lists(cfg: "TrainConfig") -> None:
+    """channels (ints >= 1), downsample (one flag per block) and context_blocks (1-based block numbers)."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if cfg.channels is not None and (not cfg.channels or not all(is_int(c) and c >= 1 for c in cfg.channels)):
+        raise ValueError(f"channels: expected a list of integers >= 1 (one per block), got {cfg.channels!r}")
+    if cfg.downsample is not None:
+        if not all(isinstance(d, bool) or d in (0, 1) for d in cfg.downsample):
+            raise ValueError(f"downsample: expected a list of true/false (one per block), got {cfg.downsample!r}")
+        if cfg.channels is not None and len(cfg.downsample) != len(cfg.channels):
+            raise ValueError(f"downsample: expected {len(cfg.channels)} entries (one per channel entry), "
+                             f"got {cfg.downsample!r}")
+    if cfg.context_blocks is not None and not all(is_int(b) and b >= 1 for b in cfg.context_blocks):
+        raise ValueError(f"context_blocks: expected a list of 1-based block numbers (integers >= 1), "
+                         f"got {cfg.context_blocks!r}")
 
 
 @dataclass
@@ -69,21 +151,26 @@ class TrainConfig:
     out: Optional[str] = None
     tensorboard: bool = False
     progress: str = "auto"                # auto | bar | lines | none
+    checkpoint_every: int = 0             # also checkpoint every N steps within an epoch (0: at epoch ends only)
 
     # Keys that may differ between a run and its resumption.
-    RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline")
+    RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline",
+                    "checkpoint_every")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """A config from the keys given; the keys not given come from ``d["recipe"]`` (asge/recipes.py),
         then from the dataclass defaults."""
         from .recipes import recipe_defaults
-        d = {k.replace("-", "_"): v for k, v in d.items()}
+        d = {str(k).replace("-", "_"): v for k, v in d.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid: {', '.join(sorted(names))}")
-        d = {**recipe_defaults(d.get("recipe", "paper")), **d}
+        recipe = d.get("recipe", "paper")
+        if not isinstance(recipe, str):
+            raise ValueError(f"recipe: expected a string, got {recipe!r}")
+        d = {**recipe_defaults(recipe), **d}
         cfg = cls(**d)
         cfg.validate()
         return cfg
@@ -98,6 +185,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
+        """Raise ValueError, one line naming the key, the value and what is expected, on any bad value."""
+        check_types_and_ranges(self)
         from .data import DATASETS
         from .layers import CONTEXTS, NORMS, POOLS
         from .presets import PRESETS
@@ -114,23 +203,12 @@ class TrainConfig:
             raise ValueError(f"unknown amp {self.amp!r}; valid: none, bf16, fp16")
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; valid: auto, bar, lines, none")
-        for name in ("batch_size",):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pipeline < 1:
-            raise ValueError(f"pipeline must be >= 1 (stages), got {self.pipeline}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.subset is not None and self.subset < 1:
-            raise ValueError(f"subset must be >= 1, got {self.subset}")
         from .heads import HEAD_FEATURES
         from .recipes import RECIPES
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
         if self.head_features not in HEAD_FEATURES:
             raise ValueError(f"unknown head_features {self.head_features!r}; valid: {', '.join(HEAD_FEATURES)}")
-        if self.fusion_from < 1:
-            raise ValueError(f"fusion_from must be a 1-based block number >= 1, got {self.fusion_from}")
         if (self.channels is None) != (self.downsample is None):
             raise ValueError("channels and downsample must be given together (one entry per block)")
 

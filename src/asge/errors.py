@@ -21,3 +21,24 @@ class NonFiniteLossError(AsgeError):
 
 class RunDirError(AsgeError):
     """A directory is not an asge run, or the run is not finished."""
+
+
+class RunLockedError(AsgeError):
+    """Another process holds the run directory's lock (one run per directory)."""
+
+
+class Preempted(AsgeError):
+    """SIGTERM or SIGINT stopped a run at a step boundary, after a checkpoint of that point was written.
+
+    ``exit_code`` is 128 + the signal number, as a shell reports a process that the signal ended. ``report``
+    is False on the data-parallel ranks that leave the message to rank 0.
+    """
+
+    def __init__(self, what: str, signum: int, hint: str, report: bool = True):
+        super().__init__(f"{what}; {hint}")
+        self.what, self.hint = what, hint
+        self.signum, self.exit_code, self.report = signum, 128 + signum, report
+
+
+class PeerFailedError(AsgeError):
+    """Another rank of a data-parallel group failed; the message names it."""

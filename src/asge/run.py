@@ -23,25 +23,31 @@ from .errors import CheckpointError, RunDirError
 CHECKPOINT_FORMAT = "asge-checkpoint-1"
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, error=RunDirError) -> None:
     """Write via a temporary file in the same directory, fsync, then rename over ``path``: a kill during the
-    write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write leaves the previous file intact. A failing write (disk full, read-only directory) raises ``error``
+    with one line saying so, and leaves the previous file as it was."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if not isinstance(e, OSError):
+            raise
+        kept = "the previous one is kept intact" if path.exists() else "no previous one existed"
+        raise error(f"could not write {path} ({e.strerror or e}); {kept}") from None
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write(Path(path), lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f))
+    atomic_write(Path(path), lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f), CheckpointError)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -91,18 +97,35 @@ class RunDir:
     def read_config(self) -> TrainConfig:
         if not self.config_file.is_file():
             raise RunDirError(f"{self.path} is not an asge run directory (no config.yaml)")
-        return TrainConfig.from_dict(yaml.safe_load(self.config_file.read_text()))
+        try:
+            saved = yaml.safe_load(self.config_file.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.config_file} is damaged ({' '.join(str(e).split())[:200]})") from None
+        if not isinstance(saved, dict):
+            raise RunDirError(f"{self.config_file} is damaged (not a mapping of option: value)")
+        return TrainConfig.from_dict(saved)
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunDirError(f"could not append to {self.metrics_file} ({e.strerror or e}); the records "
+                              "of the epochs before are kept") from None
 
     def read_metrics(self) -> list[dict]:
+        """Every complete record; a last line cut short (a write that failed) is left out."""
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop records after ``last_epoch`` (written after the checkpoint a resumed run restarts from)."""

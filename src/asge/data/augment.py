@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Names a :class:`~asge.data.splits.TensorSplit` accepts for its ``augmentation``.
-AUGMENTATIONS = ("none", "hflip", "cifar")
+#: Names a :class:`~asge.data.splits.TensorSplit` accepts for its ``augmentation``, and how many uniform
+#: numbers each draws per image from the generator (``skip_draws`` relies on it).
+DRAWS_PER_IMAGE = {"none": 0, "hflip": 1, "cifar": 8}
+AUGMENTATIONS = tuple(DRAWS_PER_IMAGE)
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -68,7 +70,7 @@ def augment_cifar(x: torch.Tensor, g: torch.Generator, scale: float = 1.0 / 255,
     shift uniform in [-hue, hue]. All parameters come from one ``torch.rand(B, 8, generator=g)``.
     """
     b = x.shape[0]
-    u = torch.rand(b, 8, generator=g).to(x.device, non_blocking=True)
+    u = torch.rand(b, DRAWS_PER_IMAGE["cifar"], generator=g).to(x.device, non_blocking=True)
     n_off = 2 * pad + 1
     oy = (u[:, 0] * n_off).long().clamp_(max=n_off - 1)
     ox = (u[:, 1] * n_off).long().clamp_(max=n_off - 1)
@@ -91,3 +93,11 @@ def hflip_random(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Flip each image horizontally with probability 1/2. x: (B, C, H, W) -> same."""
     flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device, non_blocking=True)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def skip_draws(augmentation: str, batch: int, g: torch.Generator) -> None:
+    """Advance ``g`` as augmenting a batch of ``batch`` images would, without augmenting anything: a run
+    resumed in the middle of an epoch draws the same parameters for the batches it still has to train."""
+    per_image = DRAWS_PER_IMAGE[augmentation]
+    if per_image:
+        torch.rand(batch * per_image, generator=g)

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..preempt import ignore_stop_signals
 from .splits import Data, DatasetError, DatasetInfo, Split, check_size, fixed_split, rms_normalize, subset_indices
 
 #: Images held out of ImageNet's train/ for validation (at most; 10% of train for small trees).
@@ -25,7 +26,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 class _FolderDataset(torch.utils.data.Dataset):
-    """Decodes one image file per key ``(index, sample_seed)`` into uint8 (3, S, S)."""
+    """Decodes one image file per key ``(index, sample_seed)`` into uint8 (3, S, S), or returns why it could
+    not (a string naming the file): an exception raised in a DataLoader worker reaches the main process
+    wrapped in the worker's traceback, a returned message reaches it as it is."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], size: int, train: bool):
         self.samples, self.size, self.train = samples, size, train
@@ -33,7 +36,7 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | str:
         import torchvision.transforms.v2.functional as TF
         from PIL import Image
 
@@ -42,8 +45,8 @@ class _FolderDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise DatasetError(f"cannot read image {path}: {e}") from e
+        except Exception as e:  # truncated, corrupt, not an image: PIL raises OSError, SyntaxError, ValueError...
+            return f"cannot read image {path}: {e}"  # raised as a DatasetError in the main process
         s = self.size
         if self.train:  # RandomResizedCrop(s, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip
             rng = random.Random(sample_seed)
@@ -107,8 +110,9 @@ class FolderSplit(Split):
         return f"FolderSplit(n={len(self)}, image_size={self.image_size}, train={self.train})"
 
     def batches(self, batch_size: int, *, shuffle: bool, augment: bool, seed: int, device: torch.device | str,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """See :meth:`Split.batches`. x: float32 (B, 3, S, S); y: int64 (B,)."""
+                drop_last: bool = False, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """See :meth:`Split.batches`. x: float32 (B, 3, S, S); y: int64 (B,). An unreadable image or a failing
+        worker raises :class:`DatasetError` (one line naming the file or the failure)."""
         self.num_batches(batch_size, drop_last)  # validates batch_size
         device = torch.device(device)
         g = torch.Generator().manual_seed(int(seed))
@@ -116,14 +120,44 @@ class FolderSplit(Split):
         order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
         train = augment and self.train
         seeds = torch.randint(0, 2**62, (n,), generator=g) if train else torch.zeros(n, dtype=torch.int64)
-        keys = list(zip(order.tolist(), seeds.tolist()))
+        keys = list(zip(order.tolist(), seeds.tolist()))[start * batch_size:]
         loader = torch.utils.data.DataLoader(
             _FolderDataset(self.samples, self.image_size, train), batch_size=batch_size, sampler=keys,
             num_workers=self.num_workers, drop_last=drop_last, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(int(seed)))
-        for xb, yb in loader:
+            generator=torch.Generator().manual_seed(int(seed)), collate_fn=_collate,
+            worker_init_fn=_worker_init)
+        for xb, yb in _loader_batches(loader):
             x = xb.to(device, non_blocking=True).to(torch.float32).mul_(1.0 / 255)
             yield rms_normalize(x), yb.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
+def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """A batch, or the first sample's reason for being unreadable."""
+    bad = next((s for s in samples if isinstance(s, str)), None)
+    return bad if bad is not None else torch.utils.data.default_collate(samples)
+
+
+def _worker_init(worker_id: int) -> None:
+    """The main process decides when the workers stop: a Ctrl-C or SIGTERM to the process group must not end
+    them under a run that is finishing its step and writing its checkpoint (asge.preempt)."""
+    ignore_stop_signals()
+
+
+def _loader_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches; an unreadable file or a failing worker becomes one :class:`DatasetError` line."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # raised in a worker ("Caught X in DataLoader worker process N. ...") or a dead worker
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            what = lines[-1] if lines and lines[0].startswith("Caught ") else (lines[0] if lines else repr(e))
+            raise DatasetError(f"loading images failed: {what}") from None
+        if isinstance(batch, str):
+            raise DatasetError(batch)
+        yield batch
 
 
 def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layout: str

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from .augment import AUGMENTATIONS, augment_cifar, hflip_random
+from .augment import AUGMENTATIONS, augment_cifar, hflip_random, skip_draws
 
 #: Seed of every fixed train/val (and digits train/val/test) split; independent of the run seed.
 SPLIT_SEED = 42
@@ -51,11 +51,12 @@ class Split:
         raise TypeError(f"{type(self).__name__} must define __len__")
 
     def batches(self, batch_size: int, *, shuffle: bool, augment: bool, seed: int, device: torch.device | str,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: x float32 (B, C, S, S), per-image RMS 1; y int64 (B,); both on ``device``.
 
         ``augment`` has an effect only on splits built with an augmentation (train splits); val/test
-        splits ignore it. Same ``seed`` -> bitwise the same batches.
+        splits ignore it. Same ``seed`` -> bitwise the same batches. ``start``: begin at batch ``start``
+        of that sequence, bitwise as if the first ``start`` batches had been taken (resuming mid-epoch).
         """
         raise TypeError(f"{type(self).__name__} must define batches")
 
@@ -99,7 +100,7 @@ class TensorSplit(Split):
                 f"augmentation={self.augmentation!r}, device={self.images.device})")
 
     def batches(self, batch_size: int, *, shuffle: bool, augment: bool, seed: int, device: torch.device | str,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """See :meth:`Split.batches`. x: float32 (B, C, S, S); y: int64 (B,)."""
         n_batches = self.num_batches(batch_size, drop_last)
         device = torch.device(device)
@@ -111,6 +112,9 @@ class TensorSplit(Split):
         aug = self.augmentation if augment else "none"
         for i in range(n_batches):
             lo, hi = i * batch_size, min((i + 1) * batch_size, len(self))
+            if i < start:
+                skip_draws(aug, hi - lo, g)
+                continue
             if order is None:
                 xb, yb = images[lo:hi], labels[lo:hi]
             else:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteLossError
-from .local import autocast_for, make_optimizer
+from .local import autocast_for, make_optimizer, restore_stats, snapshot_stats
 
 
 class Backprop:
@@ -62,6 +62,15 @@ class Backprop:
         self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.seen = 0
+
+    STATS = ("loss_sum", "correct", "first_bad_step", "seen")
+
+    def stats_state(self) -> dict:
+        """The epoch's running statistics so far (a mid-epoch checkpoint holds them)."""
+        return snapshot_stats(self, self.STATS)
+
+    def load_stats_state(self, state: dict) -> None:
+        restore_stats(self, state)
 
     def check_finite(self, epoch: int) -> None:
         s = int(self.first_bad_step)

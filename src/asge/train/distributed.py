@@ -25,10 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import AsgeError
+from ..errors import AsgeError, PeerFailedError, Preempted
+from . import peers
 
-#: How long a rank waits for the others (evaluation on rank 0 runs while the others wait).
-TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("ASGE_DIST_TIMEOUT_MIN", "60")))
+#: How long a collective waits for a rank that does not answer (a rank that dies is noticed at once: its
+#: connections close). Every rank evaluates its share, so no rank waits long on another in a healthy run.
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("ASGE_DIST_TIMEOUT_MIN", "10")))
 
 
 def free_port() -> int:
@@ -121,6 +123,23 @@ class World:
         dist.all_reduce(t, op=op)
         return t
 
+    def max_int(self, value: int) -> int:
+        """The largest ``value`` over the ranks (e.g. a stop signal that only some ranks received)."""
+        return int(self.all_reduce_(torch.tensor([value], dtype=torch.int64, device=self.device),
+                                    dist.ReduceOp.MAX).item())
+
+    def all_gather_object(self, obj) -> list:
+        every = [None] * self.size
+        dist.all_gather_object(every, obj)
+        return every
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous slice [lo, hi) of a global batch of ``n`` (sizes differ by at most one)."""
+        return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
 
 class DistributedMethod:
     """Wraps a trainer (``LocalLearning`` or ``Backprop``) for one rank: slices each global batch, sets the
@@ -137,8 +156,7 @@ class DistributedMethod:
         if n < self.world.size:
             raise AsgeError(f"a batch of {n} images cannot be split over {self.world.size} ranks; "
                             "use a batch size (and a dataset size modulo it) of at least the number of ranks")
-        lo = n * self.world.rank // self.world.size
-        hi = n * (self.world.rank + 1) // self.world.size
+        lo, hi = self.world.shard(n)
         self.sync.weight = (hi - lo) / n
         self.inner.train_step(x[lo:hi], labels[lo:hi], step)
 
@@ -167,6 +185,26 @@ class DistributedMethod:
         self.check_agreement()
         return m.epoch_stats()
 
+    SUMMED = ("loss_sum", "correct", "head_loss_sum", "seen")   # statistics that add up over the ranks
+
+    def stats_state(self) -> dict:
+        """The whole group's statistics so far (a collective): sums over the ranks, this rank's step count."""
+        state = self.inner.stats_state()
+        for name in self.SUMMED:
+            if name == "seen":
+                seen = torch.tensor([float(state["seen"])], dtype=torch.float64, device=self.world.device)
+                state["seen"] = int(self.world.all_reduce_(seen).item())
+            elif name in state:
+                self.world.all_reduce_(state[name])
+        return state
+
+    def load_stats_state(self, state: dict) -> None:
+        """The main rank takes the group's sums, the others start from zero: the epoch's reduction adds up."""
+        if not self.world.is_main:
+            state = {k: (0 if k == "seen" else torch.zeros_like(v)) if k in self.SUMMED else v
+                     for k, v in state.items()}
+        self.inner.load_stats_state(state)
+
     def check_agreement(self) -> None:
         """All ranks must hold bitwise the same parameters (same reduced gradients, same updates)."""
         mine = parameters_checksum(self.inner.net).to(self.world.device)
@@ -192,7 +230,20 @@ def init_world(cfg) -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend_for(device), timeout=TIMEOUT,
                                 **({"device_id": device} if device.type == "cuda" else {}))
+    peers.announce(rank)
     return World(rank, size, local, device)
+
+
+def lost_peer(error: Exception, world: World) -> Optional[PeerFailedError]:
+    """The one-line error for a collective that broke because another rank failed (None: this rank's own
+    error, to raise as it is)."""
+    who = peers.who_failed(world.rank, world.size)
+    text = " ".join(str(error).split())
+    if who is None and not any(s in text for s in ("gloo", "Connection closed", "Timed out", "NCCL", "timeout")):
+        return None
+    reason = who or f"the ranks lost each other ({text[:200]})"
+    return PeerFailedError(f"data-parallel run stopped: {reason}; every rank stopped, the last checkpoint is kept "
+                     "(continue with --resume)")
 
 
 def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = print,
@@ -218,6 +269,14 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
         # the summary can abort the process (gloo: "terminate called without an active exception").
         dist.barrier()
         return dict(out, world_size=world.size, ranks_agree=True, parameter_checksum=factory.method.checksum)
+    except Preempted:
+        raise
+    except Exception as e:
+        lost = lost_peer(e, world) if isinstance(e, RuntimeError) else None
+        if lost is not None:
+            raise lost from None
+        peers.note_failure(world.rank, " ".join(str(e).split()) or type(e).__name__)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

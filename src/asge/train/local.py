@@ -118,6 +118,21 @@ def block_step(block: ASGEBlock, optimizer: torch.optim.Optimizer, x: torch.Tens
     return out, feat, loss.detach(), (logits.detach().argmax(1) == labels).sum()
 
 
+def snapshot_stats(method, names: tuple[str, ...]) -> dict:
+    """Copies of a trainer's running statistics ``names`` (device tensors and ints)."""
+    return {k: getattr(method, k).clone() if torch.is_tensor(getattr(method, k)) else getattr(method, k)
+            for k in names}
+
+
+def restore_stats(method, state: dict) -> None:
+    """Put back what :func:`snapshot_stats` took (tensors copied into the trainer's own, on its device)."""
+    for k, v in state.items():
+        if torch.is_tensor(getattr(method, k)):
+            getattr(method, k).copy_(v)
+        else:
+            setattr(method, k, v)
+
+
 class LocalLearning:
     """Per-block optimizers and schedules, the heads' optimizer, and device-side running statistics."""
 
@@ -194,6 +209,15 @@ class LocalLearning:
         self.first_bad_step = torch.full((L,), -1, dtype=torch.long, device=self.device)
         self.seen = 0
         self.steps = 0
+
+    STATS = ("loss_sum", "correct", "head_loss_sum", "first_bad_step", "seen", "steps")
+
+    def stats_state(self) -> dict:
+        """The epoch's running statistics so far (a mid-epoch checkpoint holds them)."""
+        return snapshot_stats(self, self.STATS)
+
+    def load_stats_state(self, state: dict) -> None:
+        restore_stats(self, state)
 
     def record(self, losses: list[torch.Tensor], correct: list[torch.Tensor], batch: int, step: int,
                lo: int = 0, head_correct: Optional[list[torch.Tensor]] = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
 import sys
 import time
 from typing import Callable, Optional
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..data import load_data
-from ..errors import AsgeError, CheckpointError
+from ..errors import AsgeError, CheckpointError, Preempted
+from ..lock import RunLock
 from ..model import ASGENet
+from ..preempt import StopSignals
 from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
 from .local import autocast_for
 
@@ -54,14 +57,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @torch.no_grad()
 def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
-             channels_last: bool = False) -> dict:
-    """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads."""
+             channels_last: bool = False, world=None) -> dict:
+    """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads.
+
+    With a data-parallel ``world``, every rank evaluates its share of each batch and the sums are reduced:
+    every rank gets the whole split's numbers (each rank must call this at the same point)."""
     net.eval()
     L = len(net.blocks)
     correct = torch.zeros(L + 2, dtype=torch.long, device=device)
     loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
     n = 0
     for x, y in split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device):
+        if world is not None:
+            lo, hi = world.shard(y.shape[0])
+            x, y = x[lo:hi], y[lo:hi]
+            if hi == lo:
+                continue
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -72,6 +83,10 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
         loss += ce.view(L + 2, -1).sum(1).double()
         correct += (scores.argmax(-1) == y).sum(1)
         n += y.shape[0]
+    if world is not None:
+        world.all_reduce_(correct)
+        world.all_reduce_(loss)
+        n = int(world.all_reduce_(torch.tensor([float(n)], device=device)).item())
     acc = (100.0 * correct.double() / max(n, 1)).tolist()
     loss = (loss / max(n, 1)).tolist()
     return {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
@@ -124,20 +139,65 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         method_factory: Optional[Callable] = None, world=None) -> dict:
     """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
 
-    With ``cfg.out`` everything is written to that run directory; ``resume=True`` continues its last
-    checkpoint. ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
+    With ``cfg.out`` everything is written to that run directory, which this process locks for the whole
+    run (:mod:`asge.lock`: a second process on it stops at once, naming this one). ``resume=True``
+    continues its last checkpoint, written at an epoch's end or in the middle of one.
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
+
+    SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point, and raises
+    :class:`~asge.errors.Preempted` (:mod:`asge.preempt`); ``cfg.checkpoint_every`` writes such mid-epoch
+    checkpoints every N steps as well.
 
     Hooks for the pipelined and data-parallel modes (``pipeline.py``, ``distributed.py``):
-    ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``; ``world`` (rank,
-    is_main, device, rng_seed(seed), broadcast_object(obj), broadcast_module(net)) makes this one rank of
-    a data-parallel group: only the main rank writes the run directory, evaluates and tests.
+    ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``; ``world`` (see
+    ``distributed.World``) makes this one rank of a data-parallel group: every rank trains, evaluates and
+    tests its share of each batch, and makes every collective at the same point; only the main rank writes
+    the run directory.
     """
-    from . import METHODS
     cfg.validate()
     cfg = cfg.resolved()
+    main = world is None or world.is_main
+    with contextlib.ExitStack() as held:
+        run = None
+        if cfg.out and main:
+            held.enter_context(RunLock(cfg.out, log=log))
+            run = RunDir(cfg.out)
+        stop = held.enter_context(StopSignals(announce=main))
+        return _train(cfg, run, stop, resume=resume, on_epoch_end=on_epoch_end, log=log,
+                      method_kwargs=method_kwargs, method_factory=method_factory, world=world)
+
+
+def last_state(cfg: TrainConfig, net: ASGENet, method, epoch: int, best: dict, train_seconds: float, images: int,
+               partial: Optional[dict] = None) -> dict:
+    """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after ``epoch``
+    (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next."""
+    state = {"epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
+             "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images}
+    if partial is not None:
+        state["partial"] = partial
+    return state
+
+
+def rank_rng_state(saved, world) -> Optional[dict]:
+    """This rank's RNG state in a mid-epoch checkpoint (a list, one per rank, from data-parallel runs); None
+    when the checkpoint comes from a run with another number of ranks."""
+    if isinstance(saved, list):
+        return saved[world.rank] if world is not None and len(saved) == world.size else None
+    return saved if world is None else None
+
+
+def stop_signal(stop: StopSignals, world) -> int:
+    """The signal that asks this run to stop (0: none); data-parallel ranks agree (a collective)."""
+    signum = stop.signum or 0
+    return signum if world is None else world.max_int(signum)
+
+
+def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume, on_epoch_end, log,
+           method_kwargs, method_factory, world) -> dict:
+    """``fit`` once the run directory is locked and the stop signals are caught."""
+    from . import METHODS
     device = resolve_device(cfg.device) if world is None else world.device
     main = world is None or world.is_main
-    run = RunDir(cfg.out) if cfg.out and main else None
     ckpt = None
     if run is not None and run.checkpoint_exists():
         if not resume:
@@ -159,8 +219,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
                                                       **(method_kwargs or {}))
     autocast = autocast_for(cfg, device)
+    eval_batch = max(cfg.batch_size, 256)
 
     start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
+    partial = None
     if world is not None:                 # every rank starts from the main rank's weights and checkpoint
         ckpt = world.broadcast_object(ckpt)
     if ckpt is not None:
@@ -169,9 +231,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         RunDir.set_rng_state(ckpt.get("rng"))
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         train_seconds, images = ckpt["train_seconds"], ckpt["images"]
+        partial = ckpt.get("partial")
         if run is not None:
             run.truncate_metrics(ckpt["epoch"])
-        log(f"resuming {cfg.out} after epoch {ckpt['epoch']}/{cfg.epochs}")
+        log(f"resuming {cfg.out} " + (f"at step {partial['step']}/{steps_per_epoch} of epoch {partial['epoch']}"
+                                      if partial else f"after epoch {ckpt['epoch']}") + f"/{cfg.epochs}")
     elif run is not None:
         run.create(cfg)
         run.truncate_metrics(0)
@@ -183,6 +247,13 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         from ..tensorboard import TensorBoardLogger
         board = TensorBoardLogger(run.path)
 
+    def preempted(signum: int, where: str) -> Preempted:
+        what = f"stopped by {signal.Signals(signum).name} {where}"
+        hint = (f"{run.last_checkpoint} holds that point; continue with: asge train --out {cfg.out} --resume"
+                if run is not None else "nothing was saved (no --out)")
+        return Preempted(what, signum, hint, report=main)
+
+    finite_every = max(1, steps_per_epoch // 4)   # NaN/inf checks: the same steps on every rank and option
     for epoch in range(start, cfg.epochs + 1):
         seed = epoch_seed(cfg.seed, epoch)
         rng_seed = seed if world is None else world.rng_seed(seed)   # data order: seed; dropout: rng_seed
@@ -191,27 +262,46 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             method.start_epoch(rng_seed)
         net.train()
         method.reset_stats()
+        first, seconds_before = 0, 0.0
+        if partial is not None:               # resuming in the middle of this epoch
+            first, seconds_before = partial["step"], partial["seconds"]
+            method.load_stats_state(partial["stats"])
+            RunDir.set_rng_state(rank_rng_state(partial["rng"], world))
+            partial = None
         bar = Progress(cfg.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
         t0 = time.perf_counter()
         try:
             for step, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, augment=True,
-                                                             seed=seed, device=device)):
+                                                             seed=seed, device=device, start=first), first):
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 method.train_step(x, y, step)
-                if bar.wants(step):
+                if (step + 1) % finite_every == 0:
                     method.check_finite(epoch)
+                if bar.wants(step):
                     bar.update(step, method.running())
+                signum = stop_signal(stop, world)
+                periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+                if signum or (periodic and step + 1 < steps_per_epoch):
+                    method.check_finite(epoch)
+                    mid = {"epoch": epoch, "step": step + 1, "stats": method.stats_state(),
+                           "rng": RunDir.rng_state() if world is None else world.all_gather_object(RunDir.rng_state()),
+                           "seconds": seconds_before + time.perf_counter() - t0}
+                    if run is not None:
+                        save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
+                                                                        train_seconds, images, partial=mid))
+                if signum:
+                    if world is not None:
+                        world.barrier()   # no rank leaves before the main rank's checkpoint is written
+                    raise preempted(signum, f"after step {step + 1}/{steps_per_epoch} of epoch {epoch}/{cfg.epochs}")
             method.check_finite(epoch)
             train = method.epoch_stats()      # host sync: the epoch's work is done
         finally:
             bar.close()
-        seconds = time.perf_counter() - t0
-        if not main:
-            continue
+        seconds = seconds_before + time.perf_counter() - t0
         train_seconds += seconds
         images += method.seen
-        val = evaluate(net, data.val, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
+        val = evaluate(net, data.val, eval_batch, device, autocast, cfg.channels_last, world=world)
         scores = strategy_scores(cfg.method, val)
         record = {"epoch": epoch, "train": train, "val": val, "val_strategy": scores, "lr": method.lrs(),
                   "seconds": seconds, "images_per_second": method.seen / max(seconds, 1e-9)}
@@ -221,27 +311,30 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             if run is not None:
                 save_checkpoint(run.best_checkpoint, {"epoch": epoch, "config": cfg.to_dict(),
                                                       "model": net.state_dict()})
-            else:
+            elif main:
                 best_state = copy.deepcopy(net.state_dict())
         if run is not None:
             run.append_metrics(record)
-            save_checkpoint(run.last_checkpoint, {
-                "epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
-                "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images})
+            save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch, best, train_seconds, images))
         if board is not None:
             board.log_epoch(epoch, record)
         log(format_epoch(cfg, record))
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+        signum = stop_signal(stop, world)
+        if signum:
+            raise preempted(signum, f"after epoch {epoch}/{cfg.epochs}")
 
-    if not main:
-        return {"rank": world.rank}
     # Test the best-validation model with every strategy.
     if run is not None:
         load_model_state(net, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint)
     elif best_state is not None:
         net.load_state_dict(best_state)
-    test = evaluate(net, data.test, max(cfg.batch_size, 256), device, autocast, cfg.channels_last)
+    if world is not None:
+        world.broadcast_module(net)
+    test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world)
+    if not main:
+        return {"rank": world.rank}
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..errors import AsgeError
+from ..preempt import ignore_stop_signals
 from .distributed import TIMEOUT, backend_for, free_port
 from .local import LocalLearning
 
@@ -164,6 +165,7 @@ class _Stage(LocalLearning):
 def _worker(rank: int, bounds, port: int, cfg, info, total_steps: int, threads: int, device: str) -> None:
     """Stages 1..K-1: serve messages from the previous stage until STOP."""
     from .loop import build_model
+    ignore_stop_signals()                     # stage 0 stops the pipeline, at a step it chooses
     torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -298,6 +300,11 @@ class PipelineLearning(_Stage):
     def check_finite(self, epoch: int) -> None:
         self._with_all_stats(lambda: LocalLearning.check_finite(self, epoch))
 
+    def stats_state(self) -> dict:
+        """Every stage's statistics so far, gathered here; resumed, this stage holds them all and the
+        others start from zero, so the epoch's totals add up the same."""
+        return self._with_all_stats(lambda: LocalLearning.stats_state(self))
+
     def running(self) -> dict:
         return self._with_all_stats(lambda: LocalLearning.running(self))
 
@@ -356,7 +363,7 @@ class PipelineLearning(_Stage):
         finally:
             for p in self.procs:
                 if p.is_alive():
-                    p.terminate()
+                    p.kill()                  # the stages ignore SIGTERM (asge.preempt)
                     p.join(timeout=10)
             if dist.is_initialized():
                 dist.destroy_process_group()
