@@ -14,6 +14,7 @@ import torchvision.transforms.v2.functional as TF
 
 from asge import data as D
 from asge.data import DATASETS, DatasetError, TensorSplit, load_data
+from asge.data.classes import CIFAR10, CIFAR100, FASHION_MNIST
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -134,7 +135,7 @@ def test_unknown_name_lists_valid_names():
 def test_digits_splits_shapes_and_stratification():
     data = load_data("digits")
     assert (len(data.train), len(data.val), len(data.test)) == (1077, 360, 360)
-    assert data.info == D.DatasetInfo("digits", 10, 1, 8)
+    assert data.info == D.DatasetInfo("digits", 10, 1, 8, tuple("0123456789"))
     assert data.train.images.dtype == torch.uint8 and data.train.images.max() == 16
     for s in (data.train, data.val, data.test):
         data_check_batches(s, 1, 8, 10)
@@ -188,7 +189,7 @@ def test_mnist_torchvision_layout_gz(tmp_path):
     data_make_mnist(tmp_path / "MNIST" / "raw", gz=True)
     data = load_data("mnist", str(tmp_path))
     assert (len(data.train), len(data.val), len(data.test)) == (50, 10, 12)
-    assert data.info == D.DatasetInfo("mnist", 10, 1, 32)
+    assert data.info == D.DatasetInfo("mnist", 10, 1, 32, tuple("0123456789"))
     assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (1, 32, 32)
     for s in (data.train, data.val, data.test):
         data_check_batches(s, 1, 32, 10)
@@ -300,7 +301,7 @@ def test_mnist_download_uses_torchvision(tmp_path, monkeypatch):
 def test_real_debian_fashion_mnist(tmp_path):
     data = load_data("fashion-mnist", str(tmp_path / "empty"))  # falls back to the Debian path
     assert (len(data.train), len(data.val), len(data.test)) == (50000, 10000, 10000)
-    assert data.info == D.DatasetInfo("fashion-mnist", 10, 1, 32)
+    assert data.info == D.DatasetInfo("fashion-mnist", 10, 1, 32, FASHION_MNIST)
     assert data.train.images.dtype == torch.uint8
     assert torch.bincount(data.test.labels, minlength=10).tolist() == [1000] * 10
     x, y = next(data.train.batches(128, shuffle=True, augment=True, seed=0, device="cpu"))
@@ -316,7 +317,7 @@ def test_cifar10_layout_splits_and_augmentation(tmp_path):
     folder = data_make_cifar10(tmp_path)
     data = load_data("cifar10", str(tmp_path))
     assert (len(data.train), len(data.val), len(data.test)) == (45, 5, 10)
-    assert data.info == D.DatasetInfo("cifar10", 10, 3, 32)
+    assert data.info == D.DatasetInfo("cifar10", 10, 3, 32, CIFAR10)
     assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 32, 32)
     for s in (data.train, data.val, data.test):
         data_check_batches(s, 3, 32, 10)
@@ -339,7 +340,7 @@ def test_cifar100_fine_labels(tmp_path):
     data_make_cifar100(tmp_path)
     data = load_data("cifar100", str(tmp_path))
     assert (len(data.train), len(data.val), len(data.test)) == (36, 4, 10)
-    assert data.info == D.DatasetInfo("cifar100", 100, 3, 32)
+    assert data.info == D.DatasetInfo("cifar100", 100, 3, 32, CIFAR100)
     data_check_batches(data.train, 3, 32, 100)
     labels = torch.cat([data.train.labels, data.val.labels]).sort().values
     assert labels.tolist() == list(range(40))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classes import DIGITS, class_names
 from .formats import cifar_arrays, read_idx
 from .splits import SPLIT_SEED, Data, DatasetError, DatasetInfo, TensorSplit, check_size, fixed_split, subset_indices
 
@@ -60,7 +61,8 @@ def _in_memory(name: str, train_x, train_y, test_x, test_y, n_val: int, *, num_c
     mk = lambda x, y, aug: TensorSplit(x, y, augmentation=aug, scale=scale, device=device)  # noqa: E731
     return Data(train=mk(train_x[tr], train_y[tr], augmentation), val=mk(train_x[va], train_y[va], "none"),
                 test=mk(test_x, test_y, "none"),
-                info=DatasetInfo(name=name, num_classes=num_classes, in_channels=c, image_size=s))
+                info=DatasetInfo(name=name, num_classes=num_classes, in_channels=c, image_size=s,
+                                 classes=class_names(name, num_classes)))
 
 
 def load_digits(*, subset, seed, device, input_size) -> Data:
@@ -86,7 +88,7 @@ def load_digits(*, subset, seed, device, input_size) -> Data:
     tr, va, te = (torch.from_numpy(np.asarray(a)) for a in (tr, va, te))
     mk = lambda i: TensorSplit(x[i], y[i], scale=scale, device=device)  # noqa: E731
     return Data(train=mk(tr), val=mk(va), test=mk(te),
-                info=DatasetInfo(name="digits", num_classes=10, in_channels=1, image_size=size))
+                info=DatasetInfo(name="digits", num_classes=10, in_channels=1, image_size=size, classes=DIGITS))
 
 
 _IDX_FILES = {  # role -> (file stem, IDX ndim)

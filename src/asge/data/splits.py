@@ -29,7 +29,7 @@ class DatasetInfo:
     """What the model needs to know about a dataset.
 
     ``image_size`` is the side S of the square (C, S, S) images the splits yield. ``classes`` holds the
-    class names when the dataset has them (ImageFolder/ImageNet folder names), else is empty.
+    class names, index -> name (:mod:`asge.data.classes`; ImageFolder/ImageNet: the folder names).
     """
 
     name: str
