@@ -190,10 +190,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
+    from .evaluate import format_eval
     results = evaluate_run(args.run_dir, strategy=args.strategy, device=args.device, data_root=args.data_root,
-                           batch_size=args.batch_size)
-    for k, v in results.items():
-        print(f"{k}: {v:.2f}%" if isinstance(v, float) else f"{k}: {v}")
+                           batch_size=args.batch_size, per_class=True)
+    print(format_eval(results, per_class=args.per_class))
     return 0
 
 
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", help="override the run's data root")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--per-class", action="store_true", help="also the test accuracy of each class, by name")
     p.set_defaults(func=cmd_eval)
     for name, (module, help_text) in EXTRA_COMMANDS.items():
         if importlib.util.find_spec(module) is None:

@@ -14,6 +14,7 @@ RECIPES: dict[str, dict] = {
         "context": "ge",                  # Gather-Excite (theta-, global extent) after each block's ReLU
         "head_features": "goodness",      # Fusion reads GAP(Y_l) and the patch energies each block is trained on
         "fusion_from": 1,                 # ... of every block, block 1 included
+        "head_lr": 1e-2,                  # linear heads on ~2k features lag the blocks at the blocks' lr
     },
 }
 

@@ -38,6 +38,16 @@ class DatasetInfo:
     image_size: int
     classes: tuple[str, ...] = ()
 
+    def to_dict(self) -> dict:
+        """Plain data (JSON, checkpoints): what a run records of its dataset."""
+        return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
+                "image_size": self.image_size, "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetInfo":
+        return cls(str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), int(d["image_size"]),
+                   tuple(d.get("classes") or ()))
+
 
 def rms_normalize(x: torch.Tensor, eps: float = _RMS_EPS) -> torch.Tensor:
     """Divide each image by its RMS over (C, H, W). x: (B, C, H, W) float -> same shape (in place)."""

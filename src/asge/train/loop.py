@@ -310,7 +310,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
             best = {"score": score, "epoch": epoch, "val": val}
             if run is not None:
                 save_checkpoint(run.best_checkpoint, {"epoch": epoch, "config": cfg.to_dict(),
-                                                      "model": net.state_dict()})
+                                                      "data": data.info.to_dict(), "model": net.state_dict()})
             elif main:
                 best_state = copy.deepcopy(net.state_dict())
         if run is not None:
@@ -339,7 +339,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
                "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
-               "val_accuracy": strategy_scores(cfg.method, best["val"])}
+               "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict()}
     counts = net.parameter_counts()
     if cfg.method == "asge":
         l_star = 1 + max(range(len(net.blocks)), key=lambda i: best["val"]["block_acc"][i])
@@ -355,7 +355,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
                    device=str(device), torch=torch.__version__)
     if run is not None:
         save_checkpoint(run.best_checkpoint, {"epoch": best["epoch"], "config": cfg.to_dict(),
-                                              "model": net.state_dict()})
+                                              "data": data.info.to_dict(), "model": net.state_dict()})
         run.write_summary(summary)
     if board is not None:
         board.log_summary(summary)
