@@ -29,10 +29,12 @@ def run_dir(tmp_path_factory, single_thread):
 
 @pytest.fixture(scope="module")
 def test_images(tmp_path_factory, run_dir):
-    """The digits test split written as 8-bit PNG files, ``<index>_<label>.png`` (values 0..16 -> 0..255)."""
+    """The digits test split written as 8-bit PNG files, ``<index>_<label>.png``. Digits' values 0..16 are
+    written as 0..240 (x 15): exact in 8 bits and the same image up to scale, which the per-image RMS
+    normalisation removes (x 255/16 would round, and can flip a borderline prediction)."""
     folder = tmp_path_factory.mktemp("digits-png")
     test = load_data("digits").test
-    images = (test.images.float() * (255 / 16)).round().to(torch.uint8)[:, 0].numpy()
+    images = (test.images * 15).to(torch.uint8)[:, 0].numpy()
     for i, (img, label) in enumerate(zip(images, test.labels.tolist())):
         Image.fromarray(img).save(folder / f"{i:03d}_{label}.png")
     return folder
@@ -67,19 +69,20 @@ def test_preprocess_takes_paths_pil_and_arrays_alike(run_dir, test_images):
     assert torch.allclose(a.square().mean(), torch.tensor(1.0), atol=1e-6)   # each image divided by its RMS
 
 
-def _predicted_accuracy(capsys, run_dir, folder, strategy):
-    assert main(["predict", str(run_dir), str(folder), "--strategy", strategy, "--format", "json",
-                 "--batch-size", "100"]) == 0
-    results = json.loads(capsys.readouterr().out)
-    labels = [r["path"].rsplit("_", 1)[1].split(".")[0] for r in results]
-    return 100.0 * sum(r["predictions"][0]["class"] == y for r, y in zip(results, labels)) / len(results), len(results)
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_predict_on_written_test_images_agrees_with_eval(capsys, run_dir, test_images, strategy):
-    accuracy, n = _predicted_accuracy(capsys, run_dir, test_images, strategy)
-    assert n == 360
+    assert main(["predict", str(run_dir), str(test_images), "--strategy", strategy, "--format", "json",
+                 "--batch-size", "100"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    predicted = [r["predictions"][0]["class"] for r in results]
+    labels = [r["path"].rsplit("_", 1)[1].split(".")[0] for r in results]
+    assert len(results) == 360
+    accuracy = 100.0 * sum(p == y for p, y in zip(predicted, labels)) / len(results)
     assert accuracy == pytest.approx(evaluate_run(str(run_dir), strategy=strategy, device="cpu")[strategy], abs=1e-9)
+    net, (x, _) = asge.load(run_dir), next(load_data("digits").test.batches(360, shuffle=False, augment=False,
+                                                                             seed=0, device="cpu"))
+    with torch.no_grad():                                                  # and image by image
+        assert predicted == [net.classes[i] for i in net.predict(x, strategy).argmax(1).tolist()]
 
 
 def test_predict_formats_and_top_k(capsys, run_dir, test_images):
@@ -184,3 +187,18 @@ def test_backprop_run_predicts_and_exports_by_last_only(capsys, tmp_path, test_i
     assert "only has the 'last' strategy" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "torchscript"]) == 0
     assert (run / "export" / "model-last.pt").is_file() and (run / "export" / "model-last.pt.md").is_file()
+
+
+def test_class_names_travel_with_the_run(capsys, run_dir, tmp_path):
+    """Recorded at training time (summary.json, best.pt), shown by eval, predict (above) and the report."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["data"]["classes"] == [str(i) for i in range(10)]
+    assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["data"] == summary["data"]
+    assert main(["eval", str(run_dir), "--per-class", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "classes (10): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in out
+    rows = out.split("test accuracy per class (%):")[1].strip().splitlines()
+    assert rows[0].split() == ["class", "fusion", "last", "best"] and [r.split()[0] for r in rows[1:]] == \
+        [str(i) for i in range(10)]
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    assert "10: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in (tmp_path / "report" / "report.md").read_text()

@@ -1,4 +1,5 @@
-"""Test a finished run: rebuild its network from config.yaml, load best.pt, predict by each strategy."""
+"""Test a finished run: rebuild its network from config.yaml, load best.pt, predict by each strategy (and
+per class, named)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,18 +14,27 @@ from .train.loop import build_model, resolve_device
 
 
 @torch.no_grad()
-def strategy_accuracy(net, split, strategy: str, batch_size: int, device) -> float:
-    """Test accuracy (percent) of ``net.predict(x, strategy)``; Best stops after block l* (early exit)."""
+def class_counts(net, split, strategy: str, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) per class, each int64 (N,), of ``net.predict(x, strategy)`` on ``split``; Best stops
+    after block l* (early exit)."""
     net.eval()
-    correct, n = torch.zeros((), dtype=torch.long, device=device), 0
+    correct = torch.zeros(net.num_classes, dtype=torch.long, device=device)
+    total = torch.zeros_like(correct)
     for x, y in split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device):
-        correct += (net.predict(x, strategy).argmax(1) == y).sum()
-        n += y.shape[0]
-    return 100.0 * int(correct) / max(n, 1)
+        hit = net.predict(x, strategy).argmax(1) == y
+        total += torch.bincount(y, minlength=net.num_classes)
+        correct += torch.bincount(y[hit], minlength=net.num_classes)
+    return correct, total
+
+
+def percent(correct, total) -> float:
+    return 100.0 * int(correct) / max(int(total), 1)
 
 
 def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data_root: Optional[str] = None,
-                 batch_size: int = 256) -> dict:
+                 batch_size: int = 256, per_class: bool = False) -> dict:
+    """Test accuracy (percent) per strategy of a run's best checkpoint, and ``best_block``; with ``per_class``
+    also ``classes`` (names) and ``per_class`` ({strategy: accuracy of each class})."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if data_root:
@@ -39,7 +49,29 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
                      input_size=cfg.input_size, num_workers=cfg.num_workers)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
-    out = {s: strategy_accuracy(net, data.test, s, batch_size, dev) for s in strategies}
+    counts = {s: class_counts(net, data.test, s, batch_size, dev) for s in strategies}
+    out = {s: percent(c.sum(), t.sum()) for s, (c, t) in counts.items()}
     if "best" in strategies:
         out["best_block"] = int(net.best_block)
+    if per_class:
+        out["classes"] = list(data.info.classes) or [str(i) for i in range(net.num_classes)]
+        out["per_class"] = {s: [percent(ci, ti) for ci, ti in zip(c.tolist(), t.tolist())]
+                            for s, (c, t) in counts.items()}
     return out
+
+
+def format_eval(results: dict, per_class: bool = False, show: int = 20) -> str:
+    """What ``asge eval`` prints: accuracy per strategy, l*, the class names, and optionally a per-class table."""
+    strategies = [s for s in STRATEGIES if s in results]
+    lines = [f"{s}: {results[s]:.2f}%" for s in strategies]
+    if "best_block" in results:
+        lines.append(f"best_block: {results['best_block']}")
+    names = results.get("classes", [])
+    if names:
+        lines.append(f"classes ({len(names)}): " + ", ".join(names[:show]) + (", ..." if len(names) > show else ""))
+    if per_class and names:
+        width = max(len(n) for n in names + ["class"])
+        lines += ["", "test accuracy per class (%):", f"{'class':<{width}}  " + "  ".join(f"{s:>7}" for s in strategies)]
+        lines += [f"{n:<{width}}  " + "  ".join(f"{results['per_class'][s][i]:7.2f}" for s in strategies)
+                  for i, n in enumerate(names)]
+    return "\n".join(lines)

@@ -96,8 +96,7 @@ def header(net: ASGENet, strategy: str) -> dict:
     keep = ("method", "epochs", "best_epoch", "test_accuracy", "val_accuracy", "block_test_accuracy",
             "best_block", "best_compute_fraction", "parameters", "train_seconds", "device", "torch")
     return {"config": net.config.to_dict(), "strategy": strategy,
-            "data": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
-                     "image_size": info.image_size, "classes": list(net.classes)},
+            "data": {**info.to_dict(), "classes": list(net.classes)},
             "preprocessing": net.preprocessing.to_dict(),
             "summary": {k: summary[k] for k in keep if k in summary}, "asge_version": __version__}
 

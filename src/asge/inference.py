@@ -16,6 +16,7 @@ import torch
 
 from .config import TrainConfig
 from .data import DatasetInfo
+from .data.classes import class_names
 from .errors import CheckpointError, RunDirError
 from .model import ASGENet
 from .preprocess import Preprocessing
@@ -46,18 +47,17 @@ def _native_size(cfg: TrainConfig) -> int:
 
 def data_info(cfg: TrainConfig, state: dict, recorded: Optional[dict] = None) -> DatasetInfo:
     """The :class:`DatasetInfo` a run was trained on: as recorded (``recorded``), else read off the weights
-    (channels, classes) and the config (image size), with class names from :func:`asge.data.class_names`."""
+    (channels, classes) and the config (image size), with class names from :func:`asge.data.classes.class_names`
+    (ImageFolder runs that did not record their folder names get "0".."N-1")."""
     if recorded:
-        d = dict(recorded)
-        return DatasetInfo(name=d["name"], num_classes=int(d["num_classes"]), in_channels=int(d["in_channels"]),
-                           image_size=int(d["image_size"]), classes=tuple(d.get("classes") or ()))
+        return DatasetInfo.from_dict(recorded)
     try:
         in_channels = int(state["blocks.0.conv.weight"].shape[1])
         num_classes = int(state["heads.last.weight"].shape[0])
     except KeyError as e:
         raise CheckpointError(f"the weights lack {e.args[0]}: not an asge network") from None
     return DatasetInfo(name=cfg.dataset, num_classes=num_classes, in_channels=in_channels,
-                       image_size=_native_size(cfg), classes=())
+                       image_size=_native_size(cfg), classes=class_names(cfg.dataset, num_classes))
 
 
 def prepare(net: ASGENet, cfg: TrainConfig, info: DatasetInfo, summary: dict) -> ASGENet:

@@ -366,6 +366,14 @@ def _count(value) -> str:
     return f"{value:,}" if isinstance(value, int) else "–"
 
 
+def class_list(summary: dict, show: int = 10) -> str:
+    """``"10: T-shirt/top, Trouser, ..."`` from a summary's recorded data (the first ``show`` names)."""
+    names = (summary.get("data") or {}).get("classes") or []
+    if not names:
+        return "–"
+    return f"{len(names)}: " + ", ".join(names[:show]) + (", …" if len(names) > show else "")
+
+
 def build_tables(runs: list[Run]) -> list[Table]:
     """The report's tables: runs, test accuracy per strategy, per-block test accuracy (ASGE runs)."""
     strategies = [s for s in STRATEGY_ORDER if any(s in r.summary["test_accuracy"] for r in runs)]
@@ -395,11 +403,13 @@ def build_tables(runs: list[Run]) -> list[Table]:
             str(s.get("epochs", "–")), str(s.get("best_epoch", "–")), _count(params.get("blocks")), _count(heads),
             f"{s['train_seconds']:.1f}" if isinstance(s.get("train_seconds"), (int, float)) else "–",
             f"{s['images_per_second']:.0f}" if isinstance(s.get("images_per_second"), (int, float)) else "–",
-            str(s.get("device", "–"))])
+            str(s.get("device", "–")), class_list(s)])
     runs_table = Table("Runs", ["run", "method", "dataset", "model (channels)", "epochs", "best epoch",
-                                "block parameters", "head parameters", "train time (s)", "images/s", "device"],
-                       run_rows, "Head parameters: the fusion and last heads together (bp: the last head).",
-                       [False, False, False, False] + [True] * 6 + [False])
+                                "block parameters", "head parameters", "train time (s)", "images/s", "device",
+                                "classes"],
+                       run_rows, "Head parameters: the fusion and last heads together (bp: the last head). "
+                       "Classes: their number and names, as recorded by the run.",
+                       [False, False, False, False] + [True] * 6 + [False, False])
     tables = [accuracy, runs_table]
     local = [r for r in runs if r.is_local]
     if local:
