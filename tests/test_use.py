@@ -202,3 +202,18 @@ def test_class_names_travel_with_the_run(capsys, run_dir, tmp_path):
         [str(i) for i in range(10)]
     assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert "10: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_center_crop_preprocessing_is_the_folder_datasets_evaluation(tmp_path):
+    """ImageFolder/ImageNet runs: asge predict's preprocessing gives bitwise the test split's batches."""
+    from asge.data import FolderSplit
+    from asge.preprocess import Preprocessing
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(40, 30), (17, 50), (24, 24)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    x, _ = next(FolderSplit([(p, 0) for p in paths], 16, num_workers=0).batches(
+        8, shuffle=False, augment=False, seed=0, device="cpu"))
+    pre = Preprocessing.for_dataset("imagefolder", 16, 3)
+    assert pre.resize == "center-crop" and torch.equal(pre(paths), x)
