@@ -202,3 +202,19 @@ def test_trains_inside_a_small_cnn(variant, extent):
     losses = train_by_backprop(net, x, y)
     assert losses[-1] < 0.8 * losses[0]
     assert all(not torch.equal(b, p) for b, p in zip(before, ge.parameters()))
+
+
+def test_global_gather_equals_the_depthwise_conv_with_gradients():
+    """The einsum gather is the global depthwise conv: same values and same gradients (float64)."""
+    torch.manual_seed(0)
+    m = randomise_batchnorm(GatherExcite(6, "theta", extent=0, feat_size=5, dtype=torch.float64)).eval()
+    x = torch.randn(3, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    conv, bn = m.gather
+    got = m.global_gather(x)
+    ref = bn(F.conv2d(x, conv.weight, groups=6))
+    assert_close(got, ref)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad(got, [x, conv.weight], g)
+    gb = torch.autograd.grad(ref, [x, conv.weight], g)
+    for a, b in zip(ga, gb):
+        assert_close(a, b)
