@@ -37,6 +37,7 @@ def test_block_step_computes_no_input_gradient():
     assert not out.requires_grad and not feat.requires_grad and not loss.requires_grad
     assert all(p.grad is not None for p in block.parameters())
     assert out.shape == (4, 16, 4, 4) and feat.shape == (4, 16)
+    assert block.fusable                                 # this is the fused path (block.fused_local_forward)
 
 
 class _HostSyncSpy(TorchFunctionMode):
@@ -144,3 +145,88 @@ def test_bf16_autocast_trains_on_digits(tmp_path):
 
 def test_channels_last_trains_on_digits(tmp_path):
     _learns(tmp_path, channels_last=True)
+
+
+def _plain_local_forward(block, x):
+    """The fused step's reference: relu -> square -> window average -> projection, differentiated by autograd."""
+    from asge.goodness import _bin_sizes
+    y = block.features(local_mod.channels_last(x))
+    b, c, h, w = y.shape
+    p = block.partition
+    g = y.square()
+    g = g.mean(dim=(2, 3), keepdim=True) if p == 1 else torch.nn.functional.avg_pool2d(g, (h // p, w // p))
+    if block.goodness == "sum":
+        g = g * (_bin_sizes(h, p, y.device)[:, None] * _bin_sizes(w, p, y.device)[None, :])
+    return y, block.projection(g.flatten(1))
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms", "none"])
+@pytest.mark.parametrize("goodness", ["mean", "sum"])
+def test_fused_step_trains_bitwise_like_plain_autograd(norm, goodness):
+    """block.fused_local_forward (ReLU + goodness with a one-pass backward, Y**2 reused by the RMS pooling)
+    gives the weights, outputs and features of the plain autograd graph, bit for bit, over three steps."""
+    import functools
+    nets = [ASGENet([8, 16, 16, 32], [False, True, False, True], in_channels=3, num_classes=10, image_size=8,
+                    norm=norm, goodness=goodness, seed=0) for _ in range(2)]
+    assert all(b.fusable for b in nets[1].blocks) and {b.partition for b in nets[1].blocks} == {1, 2, 4}
+    opts = [[make_optimizer(b.parameters(), 1e-2, 1e-3, 10, 1e-5)[0] for b in n.blocks] for n in nets]
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        x, y = torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
+        results = []
+        for k, net in enumerate(nets):
+            h, outs = x, []
+            for l, b in enumerate(net.blocks):
+                plain = functools.partial(_plain_local_forward, b) if k == 0 else None
+                h, feat, loss, _ = block_step(b, opts[k][l], h, y, dropout_seed=dropout_seed(1, step, l),
+                                              forward=plain)
+                outs += [h, feat, loss]
+            results.append(outs)
+        assert all(torch.equal(a, b) for a, b in zip(*results))
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fused_goodness_matches_spatial_goodness_and_its_gradient():
+    from asge.goodness import relu_spatial_goodness, spatial_goodness
+    z = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    for p in (1, 2, 4):
+        for reduce in ("mean", "sum"):
+            g, y, sq = relu_spatial_goodness(z, p, reduce, shift=shift)
+            assert not y.requires_grad and not sq.requires_grad
+            ref = spatial_goodness(torch.relu(z + shift), p, reduce)
+            torch.testing.assert_close(g, ref)
+            w = torch.randn_like(g)
+            got = torch.autograd.grad((g * w).sum(), (z, shift))
+            want = torch.autograd.grad((ref * w).sum(), (z, shift))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="equal patches"):
+        relu_spatial_goodness(z, 3)
+
+
+def test_dropout16_mask_rate_layout_gradient_and_seed():
+    from asge.layers import Dropout16
+    from asge.layers.dropout import drop_levels, keep_mask
+    x = torch.rand(64, 16, 16, 16) + 0.5
+    assert drop_levels(0.1) == 6554 and drop_levels(0.0) == 0 and drop_levels(1.0) == 65536
+    keep = keep_mask(x, 0.1, torch.Generator().manual_seed(0))
+    assert keep.dtype == torch.bool and keep.shape == x.shape
+    assert abs(keep.float().mean().item() - 0.9) < 0.003
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert keep_mask(cl, 0.1).is_contiguous(memory_format=torch.channels_last)
+    d = Dropout16(0.25)
+    torch.manual_seed(3)
+    out = d(cl)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], cl[kept] / 0.75)
+    torch.manual_seed(3)
+    assert torch.equal(d(cl), out)                       # the mask comes from the global RNG's state
+    xg = x.clone().requires_grad_()
+    d(xg).sum().backward()
+    assert set(xg.grad.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}
+    d.eval()
+    assert d(x) is x
+    assert torch.equal(Dropout16(1.0)(x), torch.zeros_like(x))

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .goodness import GoodnessProjection, spatial_goodness, GOODNESS_REDUCTIONS
+from .goodness import (GoodnessProjection, GOODNESS_REDUCTIONS, equal_patches, relu_spatial_goodness,
+                       spatial_goodness)
 from .heads import head_feature_dim, head_features
-from .layers import ChannelLayerNorm, create_context, create_norm, create_pool
+from .layers import ChannelLayerNorm, Dropout16, RMSPool2d, create_context, create_norm, create_pool
 
 
 def affine_norm_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -23,13 +24,20 @@ def affine_norm_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch
     the gradient of its input, yet the norm's gamma and beta still learn from the block's loss.
     x: (B, C_in, H, W) -> (B, C_out, H, W).
     """
+    out, beta_map = affine_norm_conv_parts(norm, conv, x)
+    return out + beta_map
+
+
+def affine_norm_conv_parts(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of :func:`affine_norm_conv`: ``conv_{W * gamma}(x_hat)`` (B, C_out, H, W) and the beta
+    map ``conv_W(beta)`` (1, C_out, H, W), so that a caller can fuse their sum into the next operation."""
     if isinstance(norm, ChannelLayerNorm):
         x_hat = norm.normalize(x)
     else:  # nn.GroupNorm
         x_hat = F.group_norm(x, norm.num_groups, None, None, norm.eps)
     gamma, beta = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
     out = conv._conv_forward(x_hat, conv.weight * gamma, conv.bias)
-    return out + conv._conv_forward(beta.expand(1, -1, *x.shape[-2:]), conv.weight, None)
+    return out, conv._conv_forward(beta.expand(1, -1, *x.shape[-2:]), conv.weight, None)
 
 
 class ASGEBlock(nn.Module):
@@ -75,7 +83,7 @@ class ASGEBlock(nn.Module):
         self.context = create_context(context, out_channels, feat_size=in_size, device=device, dtype=dtype,
                                       **(context_options or {}))
         self.pool = create_pool(pool, 2) if downsample else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout16(dropout)            # nn.Dropout with a cheaper mask (layers/dropout.py)
         self.projection = GoodnessProjection(out_channels * partition * partition, num_classes, generator,
                                              device=device, dtype=dtype)
 
@@ -95,9 +103,28 @@ class ASGEBlock(nn.Module):
             z = self.conv(self.norm(x))
         return self.context(F.relu(z))
 
-    def transmit(self, y: torch.Tensor) -> torch.Tensor:
-        """What flows on to the next block: dropout(pool(Y))."""
+    def transmit(self, y: torch.Tensor, y_square: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What flows on to the next block: dropout(pool(Y)). ``y_square``: Y**2 when already computed
+        (:meth:`fused_local_forward`), which RMS pooling of a float32 Y then reuses (same values)."""
+        if y_square is not None and isinstance(self.pool, RMSPool2d) and y.dtype == torch.float32:
+            return self.dropout(self.pool(y, square=y_square))
         return self.dropout(self.pool(y))
+
+    @property
+    def fusable(self) -> bool:
+        """Whether :meth:`fused_local_forward` applies: no context module and equal goodness patches."""
+        return isinstance(self.context, nn.Identity) and equal_patches(self.in_size, self.in_size, self.partition)
+
+    def fused_local_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Y, a_l, Y**2) for a :attr:`fusable` block: the values of ``features`` and ``local_logits``, with
+        ReLU, goodness and their backward fused (:func:`asge.goodness.relu_spatial_goodness`); Y and Y**2
+        carry no graph. x: (B, C_in, H, W), needs no gradient."""
+        if isinstance(self.norm, (ChannelLayerNorm, nn.GroupNorm)):
+            z, shift = affine_norm_conv_parts(self.norm, self.conv, x)
+        else:
+            z, shift = self.conv(self.norm(x)), None
+        g, y, sq = relu_spatial_goodness(z, self.partition, self.goodness, shift=shift)
+        return y, self.projection(g), sq
 
     def local_logits(self, y: torch.Tensor) -> torch.Tensor:
         """a_l = spatial_goodness(Y) @ W_l + b_l: (B, C_out, H, W) -> (B, N)."""

@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .allocator import tune_malloc
+    tune_malloc()                          # reuse freed activation buffers (ASGE_MALLOC=default: off)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

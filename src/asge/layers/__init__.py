@@ -7,6 +7,7 @@ context module (``none``, ``sge``, ``gsop``, ``gsop-spatial``, ``ge-minus``, ``g
 from .registry import Registry
 from .pooling import POOLS, RMSPool2d, rms_pool2d, create_pool
 from .norm import NORMS, ChannelLayerNorm, RMSScale, create_norm
+from .dropout import Dropout16, dropout16
 from .context import CONTEXTS, create_context
 from .softpool import SoftPool1d, SoftPool2d, SoftPool3d, soft_pool1d, soft_pool2d, soft_pool3d
 from .sge import SpatialGroupEnhance
@@ -17,5 +18,5 @@ __all__ = [
     "Registry", "POOLS", "RMSPool2d", "rms_pool2d", "create_pool",
     "NORMS", "ChannelLayerNorm", "RMSScale", "create_norm", "CONTEXTS", "create_context",
     "SoftPool1d", "SoftPool2d", "SoftPool3d", "soft_pool1d", "soft_pool2d", "soft_pool3d",
-    "SpatialGroupEnhance", "GSoP", "GatherExcite",
+    "SpatialGroupEnhance", "GSoP", "GatherExcite", "Dropout16", "dropout16",
 ]

@@ -33,13 +33,15 @@ POOLS = Registry("pool", group="asge.pools", adapt=_adapt_pool)
 
 
 def rms_pool2d(x: torch.Tensor, kernel_size=2, stride=None, padding=0, ceil_mode: bool = False,
-               eps: float = 1e-6) -> torch.Tensor:
+               eps: float = 1e-6, square: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``sqrt(mean over each window of x**2 + eps)``. x: (B, C, H, W) -> (B, C, H', W') as ``avg_pool2d``.
 
     Keeps the activation energy that goodness measures. Padding counts as zeros in the mean
-    (``count_include_pad=True``), like ``avg_pool2d``'s default.
+    (``count_include_pad=True``), like ``avg_pool2d``'s default. ``square``: ``x.float()**2`` if the caller
+    already has it (saves a pass over x).
     """
-    sq = F.avg_pool2d(x.float().square(), kernel_size, stride, padding, ceil_mode=ceil_mode)
+    sq = F.avg_pool2d(x.float().square() if square is None else square, kernel_size, stride, padding,
+                      ceil_mode=ceil_mode)
     return torch.sqrt(sq + eps).to(x.dtype)
 
 
@@ -51,8 +53,8 @@ class RMSPool2d(nn.Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.eps = ceil_mode, eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.eps)
+    def forward(self, x: torch.Tensor, square: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return rms_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.eps, square)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, eps={self.eps}"
