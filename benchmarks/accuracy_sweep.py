@@ -12,8 +12,8 @@ many seconds. Suites (the long `full` runs are started first):
 
 - budget: Fashion-MNIST, VGG8 x0.25, 20k training images, 3 epochs, lr 2e-3 (issue 9's budget): the paper
   recipe, each factor added to it alone, candidate improved recipes, and backprop.
-- general: scikit-learn digits (its preset) and Fashion-MNIST with `quick` x0.5 (20k images, 3 epochs):
-  the paper recipe against the candidates, unchanged.
+- general (= digits + quick): scikit-learn digits (its preset) and Fashion-MNIST with `quick` x0.5 (20k
+  images, 3 epochs): the paper recipe against the plus recipe, unchanged.
 - full: all 50k Fashion-MNIST training images, VGG8 x0.25, 10 epochs, lr 2e-3: paper, candidates, backprop.
 """
 from __future__ import annotations
@@ -68,17 +68,16 @@ def suite_runs(suite: str, seeds: list[int], tiny: bool) -> list[tuple[str, str,
         return [(suite, f"{n}-s{s}", base + f + ["--seed", str(s)]) for n, f in configs.items() for s in seeds]
     if suite == "budget":
         configs = [(n, BUDGET + f) for n, f in {**FACTORS, **CANDIDATES}.items()]
-    elif suite == "general":
-        picks = ["paper", "plus", "plus+norm-rms", "plus+label-smoothing", "plus+head-lr-1e-2"]
-        flags = {**FACTORS, **CANDIDATES}
-        configs = [(f"digits/{n}", DIGITS + flags[n]) for n in picks] + \
-                  [(f"quick-w0.5/{n}", QUICK + flags[n]) for n in picks]
+    elif suite in ("general", "digits", "quick"):
+        picks = {n: {**FACTORS, **CANDIDATES}[n] for n in ("paper", "plus")}
+        configs = ([(f"digits/{n}", DIGITS + f) for n, f in picks.items()] if suite != "quick" else []) + \
+                  ([(f"quick-w0.5/{n}", QUICK + f) for n, f in picks.items()] if suite != "digits" else [])
     elif suite == "full":
         configs = [("paper", FULL), ("plus", FULL + CANDIDATES["plus"]), ("bp", FULL + FACTORS["bp"]),
                    ("plus+norm-rms", FULL + CANDIDATES["plus+norm-rms"]),
                    ("plus+label-smoothing", FULL + CANDIDATES["plus+label-smoothing"])]
     else:
-        raise SystemExit(f"accuracy_sweep: unknown suite {suite!r}; valid: budget, general, full")
+        raise SystemExit(f"accuracy_sweep: unknown suite {suite!r}; valid: budget, general, digits, quick, full")
     return [(suite, f"{n}-s{s}", f + ["--seed", str(s)]) for n, f in configs for s in seeds]
 
 
@@ -98,7 +97,7 @@ def run_one(root: Path, scratch: Path, suite: str, name: str, flags: list[str], 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(1.0, time_left))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(1.0, time_left) if time_left < float("inf") else None)
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         output = "\n".join(t.decode() if isinstance(t, bytes) else (t or "") for t in (e.stdout, e.stderr))
@@ -150,6 +149,45 @@ def table(results: dict) -> str:
     return "\n".join(lines + ([""] + ["failed: " + f for f in failed] if failed else [])) + "\n"
 
 
+def plot_blocks(results: dict, path: Path, suite: str = "budget") -> None:
+    """Per-block test accuracy (mean +- sd over seeds) of each ASGE configuration of ``suite``, BP dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups: dict[str, list[dict]] = {}
+    for (s, name), r in sorted(results.items()):
+        if s == suite and "error" not in r:
+            groups.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, runs in groups.items():
+        if runs[0]["method"] == "bp":
+            ax.axhline(statistics.mean(r["test_accuracy"]["last"] for r in runs), ls="--", c="k", label=f"{name} (last)")
+            continue
+        cols = list(zip(*[r["block_test_accuracy"] for r in runs]))
+        mean = [statistics.mean(c) for c in cols]
+        sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+        ax.errorbar(range(1, len(mean) + 1), mean, yerr=sd, marker="o", capsize=3, label=name)
+    ax.set_xlabel("block l")
+    ax.set_ylabel("test accuracy of a_l (%)")
+    ax.set_title(f"{suite}: per-block test accuracy, mean ± sd over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_results(paths: list[str]) -> dict:
+    """Merge sweep.json files (later files win) into {(suite, name): summary}."""
+    merged = {}
+    for p in paths:
+        for key, v in json.loads(Path(p).read_text()).items():
+            suite, name = key.split("/", 1)
+            if "error" not in v or (suite, name) not in merged:
+                merged[(suite, name)] = v
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="Fashion-MNIST folder (IDX .gz files); default: asge's own search")
@@ -163,9 +201,18 @@ def main(argv=None) -> int:
                    help="stop the runs still going after this many seconds (their metrics are kept)")
     p.add_argument("--skip", help="comma-separated configurations not to run: NAME (every suite) or SUITE/NAME")
     p.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 3 configurations: a dry run")
+    p.add_argument("--report", nargs="+", metavar="SWEEP_JSON",
+                   help="train nothing: merge these sweep.json files into OUT/sweep.md and OUT/blocks-<suite>.png")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        results = load_results(args.report)
+        (out / "sweep.md").write_text(table(results))
+        for suite in sorted({s for s, _ in results}):
+            plot_blocks(results, out / f"blocks-{suite}.png", suite)
+        print(table(results))
+        return 0
     scratch = Path(args.scratch) if args.scratch else out / "scratch"
     seeds = [int(s) for s in args.seeds.split(",")]
     suites = ["tiny"] if args.tiny else args.suite.split(",")
