@@ -51,6 +51,9 @@ FACTORS = {
 }
 CANDIDATES = {
     "plus": ["--recipe", "plus"],
+    # the path from paper to plus, one factor at a time: +ge, then these two, then plus (its head lr)
+    "+ge+head-goodness": ["--context", "ge", "--head-features", "goodness"],
+    "+ge+head-goodness+fusion-from-1": ["--context", "ge", "--head-features", "goodness", "--fusion-from", "1"],
     "plus+norm-rms": ["--recipe", "plus", "--norm", "rms"],
     "plus+label-smoothing": ["--recipe", "plus", "--label-smoothing", "0.1"],
     "plus+head-lr-1e-2": ["--recipe", "plus", "--head-lr", "1e-2"],
