@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", type=float, default=float("inf"),
                    help="stop the runs still going after this many seconds (their metrics are kept)")
     p.add_argument("--skip", help="comma-separated configurations not to run: NAME (every suite) or SUITE/NAME")
+    p.add_argument("--only", help="comma-separated configurations to run (NAME or SUITE/NAME), in this order")
     p.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 3 configurations: a dry run")
     p.add_argument("--report", nargs="+", metavar="SWEEP_JSON",
                    help="train nothing: merge these sweep.json files into OUT/sweep.md and OUT/blocks-<suite>.png")
@@ -220,10 +221,14 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     suites = ["tiny"] if args.tiny else args.suite.split(",")
     runs = [r for suite in suites for r in suite_runs(suite, seeds, args.tiny)]
+    config = lambda r: r[1].rsplit("-s", 1)[0]  # noqa: E731
     if args.skip:
         skip = set(args.skip.split(","))
-        config = lambda r: r[1].rsplit("-s", 1)[0]  # noqa: E731
         runs = [r for r in runs if config(r) not in skip and f"{r[0]}/{config(r)}" not in skip]
+    if args.only:
+        order = args.only.split(",")
+        rank = lambda r: next((i for i, o in enumerate(order) if o in (config(r), f"{r[0]}/{config(r)}")), None)  # noqa: E731
+        runs = sorted((r for r in runs if rank(r) is not None), key=rank)
     start, results = time.time(), {}
 
     def launch(run):
