@@ -148,7 +148,8 @@ def table(results: dict) -> str:
         lines.append(f"| {suite} | {name} | {len(runs)} | {mean_sd(head)} | {mean_sd(acc('fusion'))} | "
                      f"{mean_sd(acc('last'))} | {mean_sd(acc('best'))}{f' ({lstar})' if lstar else ''} | "
                      f"{per_block} | {mean_sd([r['train_seconds'] for r in runs])} | {params} |")
-    failed = [f"{suite}/{name}: {s['error']}" for (suite, name), s in sorted(results.items()) if "error" in s]
+    failed = [f"{suite}/{name}: {s['error']}" for (suite, name), s in sorted(results.items())
+              if "error" in s and not s["error"].startswith("not started")]
     return "\n".join(lines + ([""] + ["failed: " + f for f in failed] if failed else [])) + "\n"
 
 
