@@ -479,6 +479,36 @@ def test_imagefolder_errors(tmp_path):
         data_collect(split)
 
 
+@pytest.mark.parametrize("augmentation", ["none", "hflip", "cifar"])
+def test_batches_from_a_start_step_equal_the_rest_of_the_epoch(augmentation):
+    """Resuming mid-epoch: batch k onwards is bitwise what a full pass yields from batch k."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=g)
+    split = TensorSplit(images, torch.arange(70) % 10, augmentation=augmentation)
+    full = data_collect(split, seed=5, augment=True, bs=16)
+    for start in (1, 3):
+        assert data_same(data_collect(split, seed=5, augment=True, bs=16, start=start), full[start:])
+
+
+def test_folder_batches_from_a_start_step_equal_the_rest_of_the_epoch(tmp_path):
+    data = load_data("imagefolder", str(data_make_tree(tmp_path, {"train": 6, "test": 1})), num_workers=0)
+    full = data_collect(data.train, seed=2, augment=True, bs=4)
+    assert data_same(data_collect(data.train, seed=2, augment=True, bs=4, start=2), full[2:])
+
+
+def test_unreadable_image_in_a_worker_is_one_line_naming_the_file(tmp_path):
+    """A DataLoader worker's exception would reach the user wrapped in the worker's traceback."""
+    data_make_tree(tmp_path, {"train": 3, "test": 1})
+    good = tmp_path / "train" / "dog" / "001.png"
+    bad = tmp_path / "train" / "dog" / "truncated.png"
+    bad.write_bytes(good.read_bytes()[:60])           # a real PNG header, cut short
+    data = load_data("imagefolder", str(tmp_path), num_workers=2)
+    split = next(s for s in (data.train, data.val) if any(p == str(bad) for p, _ in s.samples))
+    with pytest.raises(DatasetError) as e:
+        data_collect(split)
+    assert str(e.value).startswith(f"cannot read image {bad}") and "\n" not in str(e.value)
+
+
 def test_subset_reproducible_and_checked(tmp_path):
     a = load_data("digits", subset=100, seed=1)
     b = load_data("digits", subset=100, seed=1)

@@ -146,18 +146,23 @@ def _worker_init(worker_id: int) -> None:
 def _loader_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches; an unreadable file or a failing worker becomes one :class:`DatasetError` line."""
     batches = iter(loader)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception as e:  # raised in a worker ("Caught X in DataLoader worker process N. ...") or a dead worker
-            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-            what = lines[-1] if lines and lines[0].startswith("Caught ") else (lines[0] if lines else repr(e))
-            raise DatasetError(f"loading images failed: {what}") from None
-        if isinstance(batch, str):
-            raise DatasetError(batch)
-        yield batch
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # raised in a worker ("Caught X in DataLoader worker process N. ...") or a dead one
+                lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+                what = lines[-1] if lines and lines[0].startswith("Caught ") else (lines[0] if lines else repr(e))
+                raise DatasetError(f"loading images failed: {what}") from None
+            if isinstance(batch, str):
+                raise DatasetError(batch)
+            yield batch
+    finally:                            # workers ignore SIGTERM: stop them here, whatever ends the epoch
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layout: str

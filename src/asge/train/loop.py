@@ -249,7 +249,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
 
     def preempted(signum: int, where: str) -> Preempted:
         what = f"stopped by {signal.Signals(signum).name} {where}"
-        hint = (f"{run.last_checkpoint} holds that point; continue with: asge train --out {cfg.out} --resume"
+        again = "the same torchrun command with --resume" if world is not None else "asge train"
+        hint = (f"{run.last_checkpoint} holds that point; continue with: {again} --out {cfg.out} --resume"
                 if run is not None else "nothing was saved (no --out)")
         return Preempted(what, signum, hint, report=main)
 
