@@ -230,3 +230,37 @@ def test_dropout16_mask_rate_layout_gradient_and_seed():
     d.eval()
     assert d(x) is x
     assert torch.equal(Dropout16(1.0)(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (5, 2), (3, 0), (1, 0)])
+def test_beta_map_equals_the_convolution_of_the_constant_map(kernel, padding):
+    from asge.block import beta_map
+    conv = torch.nn.Conv2d(6, 4, kernel, padding=padding, dtype=torch.float64)
+    beta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref = conv._conv_forward(beta.view(1, -1, 1, 1).expand(1, -1, 7, 9), conv.weight, None)
+    got = beta_map(conv, beta, 7, 9)
+    torch.testing.assert_close(got, ref)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (beta, conv.weight)),
+                    torch.autograd.grad((ref * w).sum(), (beta, conv.weight))):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_asge_command_sleeps_idle_openmp_threads_and_keeps_freed_buffers():
+    """runtime.py: OMP_WAIT_POLICY=PASSIVE for the asge command only (set before torch loads, a user's own
+    value kept); allocator.py: the CLI's malloc setting."""
+    import subprocess
+    from asge.allocator import tune_malloc
+    from asge.runtime import apply_cli_defaults, launched_as_cli
+    probe = ("import os, sys; sys.orig_argv = {argv!r}; import asge; "
+             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = lambda argv, **kw: subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True,  # noqa: E731
+                                            text=True, env=dict(env, **kw), check=True).stdout.split()
+    assert run(["python", "-u", "-m", "asge", "train"]) == ["PASSIVE", "True"]
+    assert run(["python", "-m", "asge", "train"], OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "True"]
+    assert run(["python", "-c", "import asge"]) == ["None", "True"]          # a library import: untouched
+    assert run(["python", "-m", "pytest"]) == ["None", "True"]
+    assert not apply_cli_defaults()                                           # torch is loaded here already
+    assert not launched_as_cli() or os.path.basename(sys.argv[0]) == "asge"
+    assert tune_malloc() in (True, False) and tune_malloc() == tune_malloc()  # idempotent

@@ -35,9 +35,29 @@ def affine_norm_conv_parts(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) ->
         x_hat = norm.normalize(x)
     else:  # nn.GroupNorm
         x_hat = F.group_norm(x, norm.num_groups, None, None, norm.eps)
-    gamma, beta = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+    gamma = norm.weight.view(1, -1, 1, 1)
     out = conv._conv_forward(x_hat, conv.weight * gamma, conv.bias)
-    return out, conv._conv_forward(beta.expand(1, -1, *x.shape[-2:]), conv.weight, None)
+    return out, beta_map(conv, norm.bias, *x.shape[-2:])
+
+
+def beta_map(conv: nn.Conv2d, beta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``conv_W`` (no bias) of the constant map ``beta`` (C_in,) over h x w, zero padded: (1, C_out, h', w')
+    (h' = h for the block's 3x3 conv with padding 1).
+
+    Without a convolution: the taps ``K = sum_i W[:, i] * beta[i]`` (C_out, k, k), then
+    ``R_h @ K @ R_w^T`` with ``R[y, t] = 1`` where tap t of output row y falls inside the map. (A one-image
+    conv runs PyTorch's slow reference kernel on CPU; this is 2-3 small matmuls.) Stride 1, no dilation.
+    """
+    k, pad = conv.kernel_size, conv.padding
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or isinstance(pad, str):
+        return conv._conv_forward(beta.view(1, -1, 1, 1).expand(1, -1, h, w), conv.weight, None)
+    taps = (conv.weight * beta.view(1, -1, 1, 1)).sum(1)                       # (C_out, k, k)
+
+    def inside(n: int, k: int, p: int) -> torch.Tensor:                        # (outputs, k)
+        pos = torch.arange(n + 2 * p - k + 1, device=beta.device)[:, None] + torch.arange(k, device=beta.device) - p
+        return ((pos >= 0) & (pos < n)).to(taps.dtype)
+
+    return (inside(h, k[0], pad[0]) @ taps @ inside(w, k[1], pad[1]).T).unsqueeze(0)
 
 
 class ASGEBlock(nn.Module):

@@ -164,8 +164,10 @@ class _Stage(LocalLearning):
 
 def _worker(rank: int, bounds, port: int, cfg, info, total_steps: int, threads: int, device: str) -> None:
     """Stages 1..K-1: serve messages from the previous stage until STOP."""
+    from ..allocator import tune_malloc
     from .loop import build_model
     ignore_stop_signals()                     # stage 0 stops the pipeline, at a step it chooses
+    tune_malloc()                             # as the asge command does in stage 0 (allocator.py)
     torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":
