@@ -33,9 +33,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise AsgeError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise AsgeError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AsgeError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AsgeError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise AsgeError(f"device {name!r} requested but MPS is not available here; use --device cpu or auto")
     return device
 
 
