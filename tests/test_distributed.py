@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,21 +42,92 @@ def test_one_process_group_equals_sequential(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_process_gloo_run_completes_and_ranks_agree(tmp_path):
-    out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", ASGE_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "asge", "train", "--dataset", "digits",
-           "--channels", "8,16v,16", "--epochs", "2", "--batch-size", "64", "--subset", "256",
-           "--progress", "none", "--device", "cpu", "--out", str(out)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # Ranks compare parameter checksums after every epoch and stop on any difference.
-    assert "different parameters" not in r.stdout + r.stderr
-    assert r.stdout.count("run directory:") == 1      # rank 0 alone reports
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs"] == 2
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def torchrun(*args: str) -> subprocess.Popen:
+    """``torchrun --nproc_per_node=2 -m asge train ARGS``, exactly as the README writes it. Only the rendezvous
+    port is chosen, through torchrun's own PET_MASTER_PORT, so that test runs side by side do not collide."""
+    exe = shutil.which("torchrun")
+    assert exe, "torchrun (installed with torch) is not on PATH"
+    env = dict(os.environ, PET_MASTER_PORT=str(free_port()), PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([exe, "--nproc_per_node=2", "-m", "asge", "train", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(p: subprocess.Popen) -> tuple[str, str]:
+    out, err = p.communicate(timeout=600)
+    return out, err
+
+
+def wait_for_step_line(p: subprocess.Popen) -> list[str]:
+    """Read rank 0's output up to its first progress line (training is under way)."""
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if " step " in line:
+            return seen
+    raise AssertionError("the run ended before its first progress line: " + "".join(seen))
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the worker of ``rank`` that torchrun started."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == launcher.pid and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun {launcher.pid}")
+
+
+README_ARGS = ("--epochs", "2", "--batch-size", "16")        # digits: 68 steps per epoch; every other option default
+
+
+@pytest.mark.slow
+def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
+    """The README's data-parallel command with default options (progress auto, device auto) for 2 processes;
+    then the same command stopped by SIGTERM (what a scheduler sends torchrun) in the middle of an epoch and
+    resumed: every rank stopped at the same step, and the result is bitwise the uninterrupted run's."""
+    full = torchrun(*README_ARGS, "--out", str(tmp_path / "full"))
+    cut = torchrun(*README_ARGS, "--out", str(tmp_path / "cut"))
+    wait_for_step_line(cut)
+    cut.send_signal(signal.SIGTERM)
+    _, err = finish(cut)
+    stopped = [line for line in err.splitlines() if line.startswith("asge:") and "stopped by" in line]
+    assert len(stopped) == 1 and "stopped by SIGTERM after step" in stopped[0], err[-3000:]
+    assert "--resume" in stopped[0]
+    partial = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["partial"]
+    assert 0 < partial["step"] < 68
+
+    out, err = finish(full)
+    assert full.returncode == 0, out[-3000:] + err[-3000:]
+    assert "asge: error" not in err and out.count("run directory:") == 1      # rank 0 alone reports
+    assert "step 17/68" in out                                                # default progress: lines
+    metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]     # written once, not once per rank
     # Every epoch counts the whole training split (both ranks' shards).
-    assert metrics[-1]["images_per_second"] * metrics[-1]["seconds"] == pytest.approx(256, rel=1e-6)
+    assert metrics[-1]["images_per_second"] * metrics[-1]["seconds"] == pytest.approx(1077, rel=1e-6)
+
+    resumed = torchrun("--out", str(tmp_path / "cut"), "--resume")
+    out, err = finish(resumed)
+    assert resumed.returncode == 0, out[-3000:] + err[-3000:]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((tmp_path / "full" / "summary.json").read_text())["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_dead_rank_stops_the_others_with_one_line_naming_it(tmp_path):
+    run = torchrun("--epochs", "50", "--batch-size", "16", "--out", str(tmp_path / "run"))
+    wait_for_step_line(run)
+    victim = rank_pid(run, 1)
+    os.kill(victim, signal.SIGKILL)
+    _, err = finish(run)                                # bounded: the subprocess timeout, far below 60 minutes
+    assert run.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("asge:")]
+    assert len(ours) == 1, err[-3000:]
+    assert f"rank 1 (process {victim} on " in ours[0] and "died" in ours[0] and "--resume" in ours[0]
