@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU check: CUDA tests, `asge bench` on CUDA (fp32 and bf16: images/s and peak memory of both methods),
+# and full-width VGG8 Fashion-MNIST runs of ASGE and backprop with whole-run timing, in one JSON.
+#
+#   benchmarks/gpu_check.sh [--tiny] [--data DIR] [--budget SECONDS] --out DIR     -> DIR/gpu_check.json
+#
+# --data: the folder holding the four Fashion-MNIST .gz files (nothing is downloaded). --tiny: a small model
+# and a few steps on whatever device there is (seconds on a CPU; the test suite runs it). Each section writes
+# its results (or its failure) to the JSON as soon as it ends, so a run cut short keeps what it measured; the
+# whole check stays within --budget (default 450 s, for 8 minutes on one H100). Installs this package with
+# `pip install --no-deps -e .` first when it is not importable (the GPU machine has torch and the other
+# dependencies but not asge). Run from anywhere; it works in the repository root.
+set -u
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+if ! "$PY" -c "import asge" >/dev/null 2>&1; then
+    echo "gpu_check: installing asge (pip install --no-deps -e .)"
+    "$PY" -m pip install --quiet --no-deps -e . || { echo "gpu_check: install failed" >&2; }
+fi
+exec "$PY" benchmarks/gpu_check.py "$@"
