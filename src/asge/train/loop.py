@@ -169,7 +169,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             held.enter_context(RunLock(cfg.out, log=log))
             run = RunDir(cfg.out)
         stop = held.enter_context(StopSignals(announce=main))
-        return _train(cfg, run, stop, resume=resume, on_epoch_end=on_epoch_end, log=log,
+        return _train(cfg, run, stop, held, resume=resume, on_epoch_end=on_epoch_end, log=log,
                       method_kwargs=method_kwargs, method_factory=method_factory, world=world)
 
 
@@ -192,15 +192,25 @@ def rank_rng_state(saved, world) -> Optional[dict]:
     return saved if world is None else None
 
 
+def mid_epoch_point(method, world, epoch: int, steps_done: int, seconds: float) -> dict:
+    """The ``partial`` of a mid-epoch checkpoint: where in the epoch, the epoch's statistics and seconds so
+    far, and every rank's RNG state (the backprop baseline's dropout draws from it). A collective in
+    data-parallel runs."""
+    rng = RunDir.rng_state()
+    return {"epoch": epoch, "step": steps_done, "stats": method.stats_state(),
+            "rng": rng if world is None else world.all_gather_object(rng), "seconds": seconds}
+
+
 def stop_signal(stop: StopSignals, world) -> int:
     """The signal that asks this run to stop (0: none); data-parallel ranks agree (a collective)."""
     signum = stop.signum or 0
     return signum if world is None else world.max_int(signum)
 
 
-def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume, on_epoch_end, log,
-           method_kwargs, method_factory, world) -> dict:
-    """``fit`` once the run directory is locked and the stop signals are caught."""
+def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: contextlib.ExitStack, *, resume,
+           on_epoch_end, log, method_kwargs, method_factory, world) -> dict:
+    """``fit`` once the run directory is locked and the stop signals are caught; ``held`` closes what is
+    opened here (the TensorBoard file) however the run ends."""
     from . import METHODS
     device = resolve_device(cfg.device) if world is None else world.device
     main = world is None or world.is_main
@@ -251,14 +261,14 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
     board = None
     if cfg.tensorboard and run is not None:
         from ..tensorboard import TensorBoardLogger
-        board = TensorBoardLogger(run.path)
+        board = held.enter_context(TensorBoardLogger(run.path))
 
     def preempted(signum: int, where: str) -> Preempted:
-        what = f"stopped by {signal.Signals(signum).name} {where}"
-        again = "the same torchrun command with --resume" if world is not None else "asge train"
-        hint = (f"{run.last_checkpoint} holds that point; continue with: {again} --out {cfg.out} --resume"
-                if run is not None else "nothing was saved (no --out)")
-        return Preempted(what, signum, hint, report=main)
+        again = ("the same torchrun command with --resume" if world is not None
+                 else f"asge train --out {cfg.out} --resume")
+        hint = f"{run.last_checkpoint} holds that point; continue with: {again}" if run is not None else \
+            "nothing was saved (no --out)"
+        return Preempted(f"stopped by {signal.Signals(signum).name} {where}", signum, hint, report=main)
 
     finite_every = max(1, steps_per_epoch // 4)   # NaN/inf checks: the same steps on every rank and option
     for epoch in range(start, cfg.epochs + 1):
@@ -291,9 +301,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
                 periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
                 if signum or (periodic and step + 1 < steps_per_epoch):
                     method.check_finite(epoch)
-                    mid = {"epoch": epoch, "step": step + 1, "stats": method.stats_state(),
-                           "rng": RunDir.rng_state() if world is None else world.all_gather_object(RunDir.rng_state()),
-                           "seconds": seconds_before + time.perf_counter() - t0}
+                    mid = mid_epoch_point(method, world, epoch, step + 1, seconds_before + time.perf_counter() - t0)
                     if run is not None:
                         save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
                                                                         train_seconds, images, partial=mid))
@@ -366,7 +374,6 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, *, resume
         run.write_summary(summary)
     if board is not None:
         board.log_summary(summary)
-        board.close()
     return summary
 
 
