@@ -24,9 +24,9 @@ CHECKPOINT_FORMAT = "asge-checkpoint-1"
 
 
 def atomic_write(path: Path, write, error=RunDirError) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over ``path``: a kill during the
-    write leaves the previous file intact. A failing write (disk full, read-only directory) raises ``error``
-    with one line saying so, and leaves the previous file as it was."""
+    """Write via a temporary file in the same directory, fsync, rename over ``path``, fsync the directory: a
+    kill (or a power cut) during the write leaves the previous file intact. A failing write (disk full,
+    read-only directory) raises ``error`` with one line saying so, and leaves the previous file as it was."""
     path = Path(path)
     tmp = None
     try:
@@ -44,6 +44,21 @@ def atomic_write(path: Path, write, error=RunDirError) -> None:
             raise
         kept = "the previous one is kept intact" if path.exists() else "no previous one existed"
         raise error(f"could not write {path} ({e.strerror or e}); {kept}") from None
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that a rename in it survives a power cut (where the filesystem allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                                  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

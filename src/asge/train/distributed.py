@@ -4,8 +4,10 @@ Every rank builds the same network, receives the main rank's initial (or resumed
 same global sequence of batches (same seed, same permutation); at every step rank r trains on its own
 contiguous slice of the global batch. Each block's gradient is all-reduced right after that block's
 backward (``block_step``'s ``sync_grads``), weighted by the slice's share of the batch, so every rank
-applies the update of the whole batch and the ranks stay identical; the heads likewise. Only rank 0 writes
-the run directory, evaluates and tests. Backend: NCCL on GPUs (rank r uses ``cuda:LOCAL_RANK``), gloo on
+applies the update of the whole batch and the ranks stay identical; the heads likewise. Every rank
+evaluates and tests its share of each batch; only rank 0 writes the run directory. Every collective is made
+by every rank at the same point whatever the options; a rank that fails is named to the others through
+torchrun's store (``peers.py``). Backend: NCCL on GPUs (rank r uses ``cuda:LOCAL_RANK``), gloo on
 CPU.
 
 Multi-node: torchrun's usual rendezvous, e.g. on each of 2 machines
