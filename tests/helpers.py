@@ -1,4 +1,4 @@
-"""Helpers shared by the layer tests."""
+"""Helpers shared by the tests."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,3 +34,14 @@ def randomise_batchnorm(m: nn.Module) -> nn.Module:
                 mod.running_mean.normal_()
                 mod.running_var.uniform_(0.5, 2.0)
     return m
+
+
+def same_tensors(a, b) -> bool:
+    """Bitwise equality of nested dicts / lists of tensors and plain values (model and optimizer states)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import same_tensors
 
 from asge.config import TrainConfig
 from asge.errors import AsgeError
@@ -27,16 +28,6 @@ def test_stage_bounds_are_contiguous_and_cover_every_block():
         stage_bounds(net, 8)
 
 
-def _same(a, b):
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def test_two_stage_pipeline_equals_sequential(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                             # every stage runs 1 thread: the same kernels
@@ -53,7 +44,7 @@ def test_two_stage_pipeline_equals_sequential(tmp_path):
     assert seq["model"].keys() == pipe["model"].keys()
     for k in seq["model"]:
         assert torch.equal(seq["model"][k], pipe["model"][k]), k
-    assert _same(seq["method"], pipe["method"])          # optimizer and schedule states too
+    assert same_tensors(seq["method"], pipe["method"])          # optimizer and schedule states too
     read = lambda d: [json.loads(l)["train"] for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731,E741
     assert read("seq") == read("pipe")
 
@@ -90,4 +81,4 @@ def test_interrupted_pipeline_resumes_to_the_sequential_result(tmp_path):
     pipe = load_checkpoint(tmp_path / "pipe" / "checkpoints" / "last.pt")
     for k in seq["model"]:
         assert torch.equal(seq["model"][k], pipe["model"][k]), k
-    assert _same(seq["method"], pipe["method"])
+    assert same_tensors(seq["method"], pipe["method"])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from helpers import same_tensors
 
 from asge.config import TrainConfig
 from asge.errors import Preempted
@@ -21,17 +21,6 @@ TINY = dict(dataset="digits", channels=[8, 16, 16], downsample=[False, True, Fal
 
 def quiet(*_):
     pass
-
-
-def same_tensors(a, b) -> bool:
-    """Bitwise equality of nested dicts / lists of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def assert_same_run(a, b) -> None:
