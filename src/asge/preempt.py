@@ -47,7 +47,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)   # None: set outside Python
         self._previous = {}
 
 

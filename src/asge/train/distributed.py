@@ -94,6 +94,7 @@ class World:
     size: int
     local_rank: int
     device: torch.device
+    host_group: Optional[object] = None   # a gloo group for host-side agreement (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -126,9 +127,11 @@ class World:
         return t
 
     def max_int(self, value: int) -> int:
-        """The largest ``value`` over the ranks (e.g. a stop signal that only some ranks received)."""
-        return int(self.all_reduce_(torch.tensor([value], dtype=torch.int64, device=self.device),
-                                    dist.ReduceOp.MAX).item())
+        """The largest ``value`` over the ranks (e.g. a stop signal that only some ranks received), agreed on
+        the host: on GPUs it does not wait for the queued GPU work."""
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
+        return int(t.item())
 
     def all_gather_object(self, obj) -> list:
         every = [None] * self.size
@@ -233,7 +236,8 @@ def init_world(cfg) -> World:
         dist.init_process_group(backend_for(device), timeout=TIMEOUT,
                                 **({"device_id": device} if device.type == "cuda" else {}))
     peers.announce(rank)
-    return World(rank, size, local, device)
+    host_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
+    return World(rank, size, local, device, host_group)
 
 
 def lost_peer(error: Exception, world: World) -> Optional[PeerFailedError]:
