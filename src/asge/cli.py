@@ -6,6 +6,7 @@ Bad input exits with code 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -221,22 +222,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_error(e: Exception) -> None:
+    """``asge: error: ...`` on one line. In a torchrun group, one line for the whole group: the first rank to
+    fail prints it (naming itself), the others stay quiet."""
+    message = " ".join(str(e).split()) or type(e).__name__
+    from .train.distributed import launched_by_torchrun
+    if launched_by_torchrun():
+        from .errors import PeerFailedError
+        from .train import peers
+        if not peers.first_to_report():
+            return
+        if not isinstance(e, PeerFailedError):
+            message = f"rank {os.environ['RANK']}: {message}"
+    print(f"asge: error: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .allocator import tune_malloc
     tune_malloc()                          # reuse freed activation buffers (ASGE_MALLOC=default: off)
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except Preempted as e:          # SIGTERM / SIGINT: a checkpoint of the step it stopped at is written
-        if e.report:
-            print(f"asge: {e}", file=sys.stderr)
-        return e.exit_code
-    except (AsgeError, ValueError) as e:
-        report_error(e)
-        return 2
-    except KeyboardInterrupt:
-        print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
+    from .preempt import StopSignals
+    from .train.distributed import launched_by_torchrun
+    # torchrun answers a failing worker with SIGTERM to the others: they still finish saying why they stop
+    with StopSignals(announce=False) if launched_by_torchrun() else contextlib.nullcontext():
+        try:
+            return args.func(args)
+        except Preempted as e:      # SIGTERM / SIGINT: a checkpoint of the step it stopped at is written
+            if e.report:
+                print(f"asge: {e}", file=sys.stderr)
+            return e.exit_code
+        except (AsgeError, ValueError) as e:
+            report_error(e)
+            return 2
+        except KeyboardInterrupt:
+            print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -20,32 +20,45 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """Context manager: SIGTERM / SIGINT set ``signum`` instead of ending the process.
 
-    Signal handlers can only be installed from the main thread; elsewhere this does nothing (the signals
-    keep their usual effect).
+    Nested uses share one record (the outermost clears it): a torchrun worker holds one around its whole
+    life, so that the SIGTERM torchrun sends when another worker fails cannot cut short its report, and a
+    signal that arrives before ``fit`` starts is still seen by ``fit``. Signal handlers can only be installed
+    from the main thread; elsewhere this does nothing (the signals keep their usual effect).
     """
 
+    _signum: Optional[int] = None            # process-wide: shared by nested uses
+    _depth = 0
+
     def __init__(self, announce: bool = True):
-        self.signum: Optional[int] = None
         self.announce = announce
         self._previous: dict = {}
 
     @property
+    def signum(self) -> Optional[int]:
+        return StopSignals._signum
+
+    @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return StopSignals._signum is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
+        if StopSignals._signum is None:
+            StopSignals._signum = signum
             if self.announce:
                 print(f"asge: {signal.Signals(signum).name} received: stopping after the current step, "
                       "with a checkpoint of that point", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
+            if StopSignals._depth == 0:
+                StopSignals._signum = None
+            StopSignals._depth += 1
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._previous:
+            StopSignals._depth -= 1
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)   # None: set outside Python
         self._previous = {}
