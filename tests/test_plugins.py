@@ -50,6 +50,9 @@ def plugin_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     yield name
     sys.modules.pop(name, None)
+    for registry in (CONTEXTS, POOLS):
+        for key in [k for k in registry.plugins if k.startswith(name)]:
+            registry.plugins.pop(key)
 
 
 def test_context_by_import_path_goes_into_the_blocks_with_its_options(plugin_dir):
@@ -102,13 +105,13 @@ def test_entry_points_register_names(plugin_dir, tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gates-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[asge.contexts]\nep-scale = {plugin_dir}:Scale\n\n"
                                            f"[asge.pools]\nep-half = {plugin_dir}:half_pool\n")
-    monkeypatch.delitem(CONTEXTS, "ep-scale", raising=False)
     with pytest.raises(ValueError, match=r"valid: .*ep-scale"):
         CONTEXTS.check("ep-scal")
     assert type(create_context("ep-scale", 4, feat_size=8)).__name__ == "Scale"
+    assert "ep-scale" not in CONTEXTS and "ep-scale" in CONTEXTS.plugins     # found, not listed as built-in
     assert create_pool("ep-half")(torch.randn(1, 2, 8, 8)).shape == (1, 2, 4, 4)
     for registry, name in ((CONTEXTS, "ep-scale"), (POOLS, "ep-half")):
-        registry.pop(name)
+        registry.plugins.pop(name)
 
 
 def _blocks(text: str, lang: str) -> list[str]:
@@ -137,7 +140,7 @@ def test_extending_doc_example_runs_as_written(tmp_path, monkeypatch, capsys, si
         assert capsys.readouterr().out.strip() == "292"
     finally:
         sys.modules.pop("my_gates", None)
-        CONTEXTS.pop("my_gates:ChannelGate", None)
+        CONTEXTS.plugins.pop("my_gates:ChannelGate", None)
     assert (tmp_path / "runs" / "digits-gate" / "summary.json").is_file()
     table = (tmp_path / "runs" / "digits-gate-ablation" / "ablation.csv").read_text()
     rows = [r.split(",") for r in table.strip().splitlines()[1:]]

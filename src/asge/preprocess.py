@@ -42,7 +42,7 @@ def read_image(path: Union[str, os.PathLike]):
             return im.copy()
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+    except Exception as e:  # UnidentifiedImageError (an OSError), truncated data, DecompressionBombError, ...
         raise ImageReadError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 

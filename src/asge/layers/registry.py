@@ -17,6 +17,7 @@ class Registry(dict):
         self.kind = kind
         self.group = group    # entry-point group searched for names not registered here (asge.contexts, ...)
         self.adapt = adapt    # adapt(factory, name) -> constructor: wraps a class found by import path / entry point
+        self.plugins: dict[str, Callable] = {}   # those found so far, by name (not listed as registered names)
 
     def register(self, name: str) -> Callable:
         def deco(fn: Callable) -> Callable:
@@ -27,8 +28,8 @@ class Registry(dict):
 
     def check(self, name: str) -> str:
         """``name`` if registered; an import path (``pkg.module:Name``) or an entry point of ``group`` is
-        imported and registered first (see :mod:`asge.layers.plugins`). Else a ValueError listing the names."""
-        if name in self:
+        imported and kept in ``plugins`` (see :mod:`asge.layers.plugins`). Else a ValueError listing the names."""
+        if name in self or name in self.plugins:
             return name
         from .plugins import IMPORT_PATH_HINT, entry_point_names, find_plugin
         factory = find_plugin(str(name), self.kind, self.group)
@@ -36,11 +37,12 @@ class Registry(dict):
             valid = sorted(set(self) | set(entry_point_names(self.group)))
             hint = f"; {IMPORT_PATH_HINT}" if self.group else ""
             raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(valid)}{hint}")
-        self[name] = self.adapt(factory, name) if self.adapt else factory
+        self.plugins[name] = self.adapt(factory, name) if self.adapt else factory
         return name
 
     def create(self, name: str, *args, **kwargs):
-        return self[self.check(name)](*args, **kwargs)
+        name = self.check(name)
+        return (self[name] if name in self else self.plugins[name])(*args, **kwargs)
 
 
 __all__ = ["Registry"]
