@@ -204,11 +204,16 @@ def test_trains_inside_a_small_cnn(variant, extent):
     assert all(not torch.equal(b, p) for b, p in zip(before, ge.parameters()))
 
 
-def test_global_gather_equals_the_depthwise_conv_with_gradients():
-    """The einsum gather is the global depthwise conv: same values and same gradients (float64)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_gather_equals_the_depthwise_conv_with_gradients(channels_last):
+    """The gather (einsum, or the NHWC product-sum for channels_last maps) is the global depthwise conv:
+    same values and same gradients (float64)."""
     torch.manual_seed(0)
     m = randomise_batchnorm(GatherExcite(6, "theta", extent=0, feat_size=5, dtype=torch.float64)).eval()
-    x = torch.randn(3, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     conv, bn = m.gather
     got = m.global_gather(x)
     ref = bn(F.conv2d(x, conv.weight, groups=6))

@@ -113,11 +113,17 @@ class GatherExcite(nn.Module):
     def global_gather(self, x: torch.Tensor) -> torch.Tensor:
         """The global gather: the depthwise conv whose kernel covers the map, then BN. (B, C, kh, kw) -> (B, C, 1, 1).
 
-        The conv is computed as what it is, a per-channel weighted sum (one einsum): the same values up to
-        rounding, and 2-6x faster forward + backward on CPU than a depthwise conv with an H x W kernel.
+        The conv is computed as what it is, a per-channel weighted sum: the same values up to rounding, and
+        2-6x faster forward + backward on CPU than a depthwise conv with an H x W kernel. In the layout x
+        has: one einsum for contiguous x; for channels_last x, a product and a sum over the (H, W) of its
+        (B, H, W, C) view, which no einsum or strided reduction matches (3x faster; no layout copy).
         """
         conv, bn = self.gather
-        g = torch.einsum("bchw,chw->bc", x, conv.weight[:, 0].to(x.dtype))
+        w = conv.weight[:, 0].to(x.dtype)                                  # (C, kh, kw)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            g = (x.permute(0, 2, 3, 1) * w.permute(1, 2, 0)).sum(dim=(1, 2))
+        else:
+            g = torch.einsum("bchw,chw->bc", x, w)
         return bn(g[:, :, None, None])
 
     def extra_repr(self) -> str:
