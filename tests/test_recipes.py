@@ -105,3 +105,17 @@ def test_plus_on_cifar_files_needs_no_other_flag(tmp_path, single_thread):
     assert set(summary["test_accuracy"]) == {"fusion", "last", "best"}
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["context"] == "ge" and cfg["head_features"] == "goodness" and cfg["fusion_from"] == 1
+
+
+def test_bench_and_ablate_take_the_recipe(tmp_path, single_thread):
+    assert main(["bench", "--recipe", "plus", "--model", "digits", "--width", "0.25", "--batch-size", "16",
+                 "--steps", "1", "--warmup", "0", "--chunk", "1", "--device", "cpu", "--no-matmul-peak",
+                 "--out", str(tmp_path / "bench")]) == 0
+    (r,) = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    assert (r["recipe"], r["context"], r["head_features"]) == ("plus", "ge", "goodness")
+    out = tmp_path / "abl"
+    assert main(["ablate", "--recipe", "plus", "--dataset", "digits", "--channels", "16v,32", "--subset", "128",
+                 "--batch-size", "64", "--epochs", "1", "--progress", "none", "--pools", "rms", "--contexts", "ge",
+                 "--out", str(out)]) == 0
+    cfg = yaml.safe_load((out / "rms-ge" / "config.yaml").read_text())
+    assert (cfg["recipe"], cfg["head_features"], cfg["fusion_from"], cfg["head_lr"]) == ("plus", "goodness", 1, 1e-2)
