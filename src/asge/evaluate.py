@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from .data import load_data
-from .heads import STRATEGIES, check_strategy
+from .heads import STRATEGIES
+from .inference import check_run_strategy
 from .run import RunDir, load_checkpoint, load_model_state
 from .train.loop import build_model, resolve_device
 
@@ -40,9 +41,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=data_root)
     strategies = (["last"] if cfg.method == "bp" else list(STRATEGIES)) if strategy == "all" \
-        else [check_strategy(strategy)]
-    if cfg.method == "bp" and strategies != ["last"]:
-        raise ValueError(f"a backprop run only has the 'last' strategy, not {strategy!r}")
+        else [check_run_strategy(cfg.method, strategy)]
     dev = resolve_device(device)
     ckpt = load_checkpoint(run.best_checkpoint)
     data = load_data(cfg.dataset, cfg.data_root, subset=None, seed=cfg.seed, device=dev,
