@@ -42,8 +42,9 @@ class RMSScale(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rms = x.float().square().mean(dim=(1, 2, 3), keepdim=True).add(self.eps).sqrt()
-        return (x / rms).to(x.dtype)
+        # mean(x^2) as ||x||^2 / n: one read of x (the square-then-mean wrote a copy of it first)
+        ms = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True, dtype=torch.float32).square() / x[0].numel()
+        return (x * ms.add(self.eps).rsqrt()).to(x.dtype)
 
 
 @NORMS.register("layer")
