@@ -10,8 +10,9 @@ Variants: ``asge`` / ``bp`` as shipped; ``-X`` turns lever X off for that varian
     dropout16  nn.Dropout (one generator call per element) instead of Dropout16
     adamfused  AdamW's default per-tensor loop instead of the fused kernel
     betamap    the folded norm's beta map as a one-image conv instead of two small matmuls
-Run once with ``ASGE_MALLOC=default`` in the environment for the allocator's share (this script applies
-asge's malloc setting unless that is set), and with ``OMP_WAIT_POLICY=ACTIVE`` for the OpenMP one.
+    malloc     glibc's default malloc (mmap for large buffers, trimmed on free) during that variant's steps
+               instead of asge's setting (allocator.py)
+Run with ``OMP_WAIT_POLICY=ACTIVE`` (and without) for the OpenMP setting's share: it is read once, at start.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from asge import block as block_mod
+from asge import allocator
 from asge.allocator import tune_malloc
 from asge.bench import synthetic_batches
 from asge.config import TrainConfig
@@ -47,11 +49,19 @@ def levers_off(off: set[str]):
     if "betamap" in off:
         patch(block_mod, "beta_map", lambda conv, beta, h, w: conv._conv_forward(
             beta.view(1, -1, 1, 1).expand(1, -1, h, w), conv.weight, None))
+    if "malloc" in off:
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt(allocator.M_MMAP_MAX, 65536)               # glibc's defaults
+        mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024)
     try:
         yield
     finally:
         for obj, name, value in reversed(saved):
             setattr(obj, name, value)
+        if "malloc" in off:
+            mallopt(allocator.M_MMAP_MAX, 0)
+            mallopt(allocator.M_TRIM_THRESHOLD, allocator.TRIM_THRESHOLD)
 
 
 def main(argv=None) -> int:
@@ -61,8 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--variants", default="asge,asge-fused,asge-dropout16,asge-adamfused,asge-betamap,"
-                                         "bp,bp-dropout16,bp-adamfused,bp-betamap")
+    ap.add_argument("--variants", default="asge,asge-fused,asge-dropout16,asge-adamfused,asge-betamap,asge-malloc,"
+                                         "bp,bp-dropout16,bp-adamfused,bp-betamap,bp-malloc")
     args = ap.parse_args(argv)
     malloc = tune_malloc()
     torch.set_num_threads(args.threads)

@@ -30,9 +30,9 @@ import torch
 from .config import TrainConfig
 from .errors import AsgeError
 
-#: The issue's goals on a 2-core CPU, VGG8 at width 0.25 and 0.5, batch 128.
+#: The goals on a 2-core CPU, VGG8 at width 0.25 and 0.5, batch 128 (issue 8: memory <= 0.2x, was 0.35x).
 SPEED_GOAL = 1.3
-MEMORY_GOAL = 0.35
+MEMORY_GOAL = 0.2
 
 RESULT_KEYS = ("model", "width", "channels", "batch_size", "device", "images_per_second", "speed_ratio",
                "saved_activation_bytes", "memory_ratio", "asge_block_saved_bytes", "cuda_peak_bytes",
