@@ -190,18 +190,18 @@ def test_fused_step_trains_bitwise_like_plain_autograd(norm, goodness):
 def test_fused_goodness_matches_spatial_goodness_and_its_gradient():
     from asge.goodness import relu_spatial_goodness, spatial_goodness
     z = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
-    shift = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
-    for p in (1, 2, 4):
-        for reduce in ("mean", "sum"):
-            g, y, sq = relu_spatial_goodness(z, p, reduce, shift=shift)
-            assert not y.requires_grad and not sq.requires_grad
-            ref = spatial_goodness(torch.relu(z + shift), p, reduce)
-            torch.testing.assert_close(g, ref)
-            w = torch.randn_like(g)
-            got = torch.autograd.grad((g * w).sum(), (z, shift))
-            want = torch.autograd.grad((ref * w).sum(), (z, shift))
-            for a, b in zip(got, want):
-                torch.testing.assert_close(a, b)
+    shifts = [torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True),     # the folded norm's beta map
+              torch.randn(4, 1, 1, dtype=torch.float64, requires_grad=True)]
+    for p, reduce, shift in [(p, r, s) for p in (1, 2, 4) for r in ("mean", "sum") for s in shifts]:
+        g, y, sq = relu_spatial_goodness(z, p, reduce, shift=shift)
+        assert not y.requires_grad and not sq.requires_grad
+        ref = spatial_goodness(torch.relu(z + shift), p, reduce)
+        torch.testing.assert_close(g, ref)
+        w = torch.randn_like(g)
+        got = torch.autograd.grad((g * w).sum(), (z, shift))
+        want = torch.autograd.grad((ref * w).sum(), (z, shift))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="equal patches"):
         relu_spatial_goodness(z, 3)
 

@@ -99,7 +99,7 @@ class _ReluGoodness(torch.autograd.Function):
             area = _bin_sizes(h, p, y.device)[:, None] * _bin_sizes(w, p, y.device)[None, :]
             g = g * area.to(g.dtype)
         ctx.save_for_backward(y)
-        ctx.partition, ctx.area, ctx.has_shift = p, area, shift is not None
+        ctx.partition, ctx.area, ctx.shift_shape = p, area, None if shift is None else shift.shape
         ctx.mark_non_differentiable(y, sq)
         ctx.set_materialize_grads(False)                    # no zero-filled gradients for y and y**2
         return g, y, sq
@@ -113,7 +113,10 @@ class _ReluGoodness(torch.autograd.Function):
             grad_g = grad_g * ctx.area.to(grad_g.dtype)
         grad_g = grad_g / ((h // p) * (w // p))                          # the mean's backward
         grad_z = (y.reshape(b, c, p, h // p, p, w // p) * (2 * grad_g)[:, :, :, None, :, None]).reshape(b, c, h, w)
-        grad_shift = _sum_over_batch(grad_z) if ctx.has_shift and ctx.needs_input_grad[1] else None
+        grad_shift = None
+        if ctx.shift_shape is not None and ctx.needs_input_grad[1]:
+            grad_shift = (_sum_over_batch(grad_z) if ctx.shift_shape == (1, c, h, w)
+                          else grad_z.sum_to_size(ctx.shift_shape))
         return grad_z, grad_shift, None, None
 
 
