@@ -286,6 +286,7 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        peers.close()
 
 
 def parameters_checksum(net: nn.Module) -> torch.Tensor:

@@ -13,6 +13,7 @@ One line for the whole group: the first rank to report a failure prints it, the 
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import socket
@@ -88,6 +89,15 @@ def who_failed(rank: int, size: int) -> Optional[str]:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.2)
+
+
+def close() -> None:
+    """Drop this process's store client while torchrun's agent still serves it (a client destroyed at
+    interpreter exit, after the agent has gone, can abort the process: "terminate called without an active
+    exception")."""
+    global _store
+    _store = None
+    gc.collect()
 
 
 def first_to_report() -> bool:
