@@ -5,8 +5,8 @@ it. Its default lets a thread that finished its share of a parallel operation sp
 sleeps. On a machine whose cores are shared with other processes (this project's 2-core machine runs
 several jobs at once) the spinning thread takes the core from the thread that still has work, and every
 one of the hundreds of parallel operations in a training step waits for a time slice: under a load of 3,
-``PASSIVE`` (sleep at once) made 2-thread training steps 2.5-4x faster for both ASGE and backprop
-(docs/performance.md). So when this process is the ``asge`` command (the console script, ``python -m asge``,
+``PASSIVE`` (sleep at once) made 2-thread training steps 1.6x (against ``ACTIVE``) to 4x (against the
+default) faster for both ASGE and backprop (docs/performance.md). So when this process is the ``asge`` command (the console script, ``python -m asge``,
 and so torchrun ranks and the pipeline's spawned stages, which inherit the environment), ``asge``'s package
 import sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set (set it to ``ACTIVE`` to keep spinning).
 Importing asge as a library changes nothing.
