@@ -20,6 +20,8 @@ from asge.data import DatasetInfo
 from asge.train import Backprop, LocalLearning
 from asge.train.loop import build_model
 
+from step_levers import alternate
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,12 +47,12 @@ def main(argv=None) -> int:
             m.train_step(*batches[s], s)
         print(f"{name:15s} first two steps (compilation): {time.perf_counter() - t:8.1f} s", flush=True)
         methods[name] = m
-    times = {k: [] for k in methods}
-    for s in range(args.steps):
-        for k in (list(methods) if s % 2 == 0 else list(methods)[::-1]):
-            t = time.perf_counter()
-            methods[k].train_step(*batches[s % len(batches)], s + 2)
-            times[k].append(time.perf_counter() - t)
+    def step(k: str, s: int) -> float:
+        t = time.perf_counter()
+        methods[k].train_step(*batches[s % len(batches)], s)
+        return time.perf_counter() - t
+
+    times = alternate(step, list(methods), args.steps, first=2)
     for k, v in times.items():
         print(f"{k:15s} step median {statistics.median(v) * 1e3:8.1f} ms  min {min(v) * 1e3:8.1f} ms")
     print(f"load average {os.getloadavg()[0]:.1f}, {args.threads} thread(s)")

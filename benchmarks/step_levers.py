@@ -64,6 +64,16 @@ def levers_off(off: set[str]):
             mallopt(allocator.M_TRIM_THRESHOLD, allocator.TRIM_THRESHOLD)
 
 
+def alternate(step, names: list[str], steps: int, first: int = 0) -> dict[str, list[float]]:
+    """``step(name, s) -> seconds`` for each name, ``steps`` rounds, the order reversed every other round so
+    that drifts in the machine's load hit every variant alike. Returns the seconds per name."""
+    times = {v: [] for v in names}
+    for s in range(steps):
+        for v in (names if s % 2 == 0 else names[::-1]):
+            times[v].append(step(v, first + s))
+    return times
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=float, default=0.25)
@@ -111,10 +121,7 @@ def main(argv=None) -> int:
     for s in range(2):
         for v in names:
             step(v, s)
-    times = {v: [] for v in names}
-    for s in range(args.steps):
-        for v in (names if s % 2 == 0 else names[::-1]):
-            times[v].append(step(v, s + 2))
+    times = alternate(step, names, args.steps, first=2)
     print(f"VGG8 width {args.width:g}, norm {args.norm}, batch {args.batch_size}, {args.threads} thread(s), "
           f"malloc setting {'on' if malloc else 'off'}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"load {os.getloadavg()[0]:.1f}")

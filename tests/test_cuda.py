@@ -2,15 +2,13 @@
 peak memory, and short runs of both methods. Skipped without a GPU (benchmarks/gpu_check.sh runs them)."""
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from asge.config import TrainConfig
 from asge.model import ASGENet
-from asge.train import Backprop, LocalLearning, block_step, fit
-from asge.train.local import dropout_seed, make_optimizer
+from asge.train import Backprop, LocalLearning, fit
+from asge.train.local import make_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.sh)")
 
@@ -24,20 +22,12 @@ def net_on(device, **kw):
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_fused_step_matches_plain_autograd_on_cuda(norm):
-    from test_fast_paths import _plain_local_forward
+    from test_fast_paths import plain_and_fused_steps
     nets = [net_on(CUDA, norm=norm) for _ in range(2)]
     opts = [[make_optimizer(b.parameters(), 1e-2, 1e-3, 10, 1e-5)[0] for b in n.blocks] for n in nets]
     x = torch.randn(8, 3, 16, 16, device=CUDA)
     y = torch.randint(0, 10, (8,), device=CUDA)
-    outs = []
-    for k, net in enumerate(nets):
-        h, res = x, []
-        for l, b in enumerate(net.blocks):
-            plain = functools.partial(_plain_local_forward, b) if k == 0 else None
-            h, feat, loss, _ = block_step(b, opts[k][l], h, y, dropout_seed=dropout_seed(1, 0, l), forward=plain)
-            res += [h, feat, loss]
-        outs.append(res)
-    for a, b in zip(*outs):
+    for a, b in zip(*plain_and_fused_steps(nets, opts, x, y, 0)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

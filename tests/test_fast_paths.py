@@ -160,12 +160,26 @@ def _plain_local_forward(block, x):
     return y, block.projection(g.flatten(1))
 
 
+def plain_and_fused_steps(nets, opts, x, y, step: int) -> list[list[torch.Tensor]]:
+    """One local step of every block of ``nets[0]`` by the plain graph and of ``nets[1]`` by the fused path:
+    [outputs, features and losses of every block] for each."""
+    import functools
+    results = []
+    for k, net in enumerate(nets):
+        h, outs = x, []
+        for l, b in enumerate(net.blocks):
+            plain = functools.partial(_plain_local_forward, b) if k == 0 else None
+            h, feat, loss, _ = block_step(b, opts[k][l], h, y, dropout_seed=dropout_seed(1, step, l), forward=plain)
+            outs += [h, feat, loss]
+        results.append(outs)
+    return results
+
+
 @pytest.mark.parametrize("norm", ["layer", "rms", "none"])
 @pytest.mark.parametrize("goodness", ["mean", "sum"])
 def test_fused_step_trains_bitwise_like_plain_autograd(norm, goodness):
     """block.fused_local_forward (ReLU + goodness with a one-pass backward, Y**2 reused by the RMS pooling)
     gives the weights, outputs and features of the plain autograd graph, bit for bit, over three steps."""
-    import functools
     nets = [ASGENet([8, 16, 16, 32], [False, True, False, True], in_channels=3, num_classes=10, image_size=8,
                     norm=norm, goodness=goodness, seed=0) for _ in range(2)]
     assert all(b.fusable for b in nets[1].blocks) and {b.partition for b in nets[1].blocks} == {1, 2, 4}
@@ -173,16 +187,7 @@ def test_fused_step_trains_bitwise_like_plain_autograd(norm, goodness):
     g = torch.Generator().manual_seed(0)
     for step in range(3):
         x, y = torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
-        results = []
-        for k, net in enumerate(nets):
-            h, outs = x, []
-            for l, b in enumerate(net.blocks):
-                plain = functools.partial(_plain_local_forward, b) if k == 0 else None
-                h, feat, loss, _ = block_step(b, opts[k][l], h, y, dropout_seed=dropout_seed(1, step, l),
-                                              forward=plain)
-                outs += [h, feat, loss]
-            results.append(outs)
-        assert all(torch.equal(a, b) for a, b in zip(*results))
+        assert all(torch.equal(a, b) for a, b in zip(*plain_and_fused_steps(nets, opts, x, y, step)))
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
         assert torch.equal(a, b)
 
