@@ -8,8 +8,9 @@ one of the hundreds of parallel operations in a training step waits for a time s
 ``PASSIVE`` (sleep at once) made 2-thread training steps 1.6x (against ``ACTIVE``) to 4x (against the
 default) faster for both ASGE and backprop (docs/performance.md). So when this process is the ``asge`` command (the console script, ``python -m asge``,
 and so torchrun ranks and the pipeline's spawned stages, which inherit the environment), ``asge``'s package
-import sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set (set it to ``ACTIVE`` to keep spinning).
-Importing asge as a library changes nothing.
+import sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set. It is a trade-off: on a lightly loaded
+machine sleeping costs both methods 10-15 % (a wake-up per parallel region); on a dedicated machine set
+``OMP_WAIT_POLICY=ACTIVE``, which was fastest there. Importing asge as a library changes nothing.
 """
 from __future__ import annotations
 
