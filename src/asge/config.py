@@ -204,9 +204,8 @@ class TrainConfig:
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; valid: auto, bar, lines, none")
         from .heads import HEAD_FEATURES
-        from .recipes import RECIPES
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
+        from .recipes import recipe_defaults
+        recipe_defaults(self.recipe)                 # an unknown recipe: one line listing the valid ones
         if self.head_features not in HEAD_FEATURES:
             raise ValueError(f"unknown head_features {self.head_features!r}; valid: {', '.join(HEAD_FEATURES)}")
         if (self.channels is None) != (self.downsample is None):
