@@ -2,7 +2,7 @@
 
 ``lr``, ``head_lr`` and ``epochs`` are the preset's training defaults: the paper's recipe (lr 2e-4 for
 blocks and heads, 100 epochs) for the VGGs; the quick presets use lr 2e-3 for the blocks, because 2e-4
-leaves blocks and heads barely trained in short runs (SPEC.md section 4), and 1e-2 for the linear heads,
+leaves blocks and heads barely trained in short runs (README, "Learning rates"), and 1e-2 for the linear heads,
 which otherwise lag the blocks they read by 20-30 points after a few epochs (measured on digits, README).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recipes: named sets of defaults for ``TrainConfig``. A key a recipe sets is used unless the YAML config or a
 flag gives it (``asge train --recipe plus --lr 1e-3``: the plus recipe with another lr).
 
-``paper``: the paper's recipe as SPEC.md describes it (LayerNorm entry, RMS pooling, Fusion on GAP(Y) of blocks
+``paper``: the paper's recipe as the paper (arXiv 2509.12394) words it (LayerNorm entry, RMS pooling, Fusion on GAP(Y) of blocks
 2..L): every key keeps its ``TrainConfig`` default. ``plus``: the improved local recipe, chosen and measured in
 docs/accuracy.md. Both keep the method local: blocks learn only from their own goodness loss, the heads read
 detached features.

@@ -54,7 +54,7 @@ class _RowwiseHead(nn.Module):
 class GSoP(nn.Module):
     """GSoP attention. x: (B, C, H, W) -> (B, C, H, W).
 
-    ``mode="channel"`` (GSoP-Net's block, per SPEC):
+    ``mode="channel"`` (GSoP-Net's block, Gao et al., CVPR 2019):
         1x1 conv C -> dim + BN + ReLU; covariance of the dim channels over the H*W positions -> (B, dim, dim);
         BN; row-wise conv -> 4*dim; 1x1 conv 4*dim -> C; sigmoid -> (B, C, 1, 1); ``out = x * att``.
 
