@@ -69,7 +69,7 @@ def test_truncated_image_in_an_imagefolder_run_is_one_line(tmp_path):
                         "--batch-size", "4", "--progress", "none", "--out", str(tmp_path / "run")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2
-    assert one_line(r.stderr).startswith(f"asge: error: cannot read image {bad}")
+    assert one_line(r.stderr).startswith(f"asge train: error: cannot read image {bad}")
 
 
 # -- configuration: named key, value and expectation ------------------------------------------------------

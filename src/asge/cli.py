@@ -28,6 +28,10 @@ EXTRA_COMMANDS = {
 }
 
 
+DESCRIPTION = ("Train convolutional networks without end-to-end backpropagation, by Adaptive Spatial Goodness "
+               "Encoding (ASGE); test, use, export and compare what you trained.")
+
+
 def parse_channels(text: str) -> tuple[list[int], list[bool]]:
     """``"128,256v,256,512v"`` -> ([128, 256, 256, 512], [False, True, False, True]); v = pool after."""
     channels, down = [], []
@@ -53,10 +57,38 @@ def parse_int_list(text: str) -> list[int]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Bad flags: one line (what was wrong, where to look) and exit code 2, not the whole usage text."""
+    """Bad flags: one line (what was wrong, where to look) and exit code 2, not the whole usage text.
+
+    Abbreviated flags are not accepted (``--epoch`` for ``--epochs``: they change meaning when options are
+    added); a misspelled one gets "did you mean --epochs?"."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
+        import difflib
+        import re
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            close = difflib.get_close_matches(wrong[1], re.findall(r"'([^']*)'", wrong[2]), n=1)
+            message += f" (did you mean {close[0]}?)" if close else ""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def suggest(self, word: str) -> str:
+        """`` (did you mean --epochs?)`` for a flag close to one of this parser's, else ``""``."""
+        import difflib
+        flag = word.split("=", 1)[0]
+        if not flag.startswith("-"):
+            return ""
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+    def unrecognized(self, extras: Sequence[str]):
+        """The one-line error for arguments no option takes, naming the closest flag."""
+        hint = next((h for h in (self.suggest(w) for w in extras) if h), "")
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -75,63 +107,160 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; defaults are None so that YAML and presets fill the gaps."""
     a = p.add_argument
     a("--config", help="YAML file of options (flags given here override it)")
-    a("--recipe", help="paper (default: the paper's recipe) or plus (the improved local recipe, "
-                       "docs/accuracy.md); sets defaults that --config and flags override")
+    a("--recipe", help="paper (the paper's recipe) or plus (the improved local recipe, docs/accuracy.md): "
+                       "sets defaults that --config and flags override")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet")
-    g.add_argument("--data-root", help="where the dataset lives (fashion-mnist also finds Debian's package)")
+    g.add_argument("--dataset", help="dataset to train and test on")
+    g.add_argument("--data-root", metavar="DIR", help="where the dataset lives: used as given, or refused if the "
+                                                      "files are not there")
     g.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
     g.add_argument("--subset", type=int, help="train on a random subset of N training images (from --seed)")
     g.add_argument("--input-size", type=int, help="image side for imagefolder/imagenet")
+    g.add_argument("--augment", help="training augmentation: auto (default: the dataset's own), none, hflip, "
+                                     "crop-flip, cifar")
+    g.add_argument("--test-split", type=int, metavar="N",
+                   help="imagefolder without test/: hold back N class-balanced images of train/ (seed 42) "
+                        "as the test split")
     g.add_argument("--num-workers", type=int, help="data loader workers (imagefolder/imagenet)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="preset: vgg8, vgg11, quick, digits")
+    g.add_argument("--model", help="architecture preset")
     g.add_argument("--width", type=float, help="width multiplier for the preset's channels")
     g.add_argument("--channels", type=parse_channels, help="custom blocks, e.g. 64,128v,128,256v (v = pool after)")
-    g.add_argument("--alpha", type=float, help="partition granularity (P_l = floor(alpha*C_L/C_l)), default 1")
-    g.add_argument("--pool", help="rms (default), avg, max, soft")
-    g.add_argument("--norm", help="layer (default), rms, none")
-    g.add_argument("--goodness", help="patch energy: mean (default) or sum")
-    g.add_argument("--context", help="none, sge, gsop, gsop-spatial, ge-minus, ge, ge-plus")
+    g.add_argument("--alpha", type=float, help="partition granularity (P_l = floor(alpha*C_L/C_l))")
+    g.add_argument("--pool", help="2x2 pooling after a v block; or your own by import path, pkg.module:Name")
+    g.add_argument("--norm", help="block entry norm")
+    g.add_argument("--goodness", help="patch energy: mean or sum of Y^2 over each patch")
+    g.add_argument("--context", help="context module after each block's ReLU; or your own by import path, "
+                                     "pkg.module:Name")
     g.add_argument("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
                    help="option for the context module (repeatable), e.g. groups=32, extent=4")
     g.add_argument("--context-blocks", type=parse_int_list,
                    help="1-based blocks that get the context module, e.g. 2,3,4 (default: all)")
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--head-features", help="what the Fusion head reads of each block: gap (default), goodness "
+    g.add_argument("--dropout", type=float, help="dropout probability after each block's pooling")
+    g.add_argument("--head-features", help="what the Fusion head reads of each block: gap, goodness "
                                           "(GAP + patch energies), patch (GAP + patch means)")
-    g.add_argument("--fusion-from", type=int, help="first block (1-based) the Fusion head reads (default 2)")
+    g.add_argument("--fusion-from", type=int, metavar="L", help="first block (1-based) the Fusion head reads")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--method", help="asge (default) or bp (backprop baseline on the same blocks)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    g.add_argument("--head-lr", type=float, help="learning rate of the Fusion/Last heads (default: --lr)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--method", help="asge, or bp (the backprop baseline on the same blocks)")
+    g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
+    g.add_argument("--batch-size", type=int, metavar="N", help="training images per step")
+    g.add_argument("--lr", type=float, help="peak learning rate of the blocks")
+    g.add_argument("--head-lr", type=float, help="learning rate of the Fusion/Last heads")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (blocks and heads)")
+    g.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine schedule")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing of every cross-entropy")
+    g.add_argument("--seed", type=int, help="draws the init, the projections, data order, dropout and --subset")
     g = p.add_argument_group("execution")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--amp", help="none (default), bf16, fp16")
-    g.add_argument("--channels-last", action="store_true", default=None)
+    g.add_argument("--device", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--amp", help="mixed precision")
+    g.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
     g.add_argument("--pipeline", type=int, metavar="K",
                    help="run the blocks as K pipelined stages, one process each (ASGE; same result as K=1)")
-    g.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<method>-<time>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<model>-<method>-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                                                         "(a finished run: says so and stops)")
     g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard events to the run")
-    g.add_argument("--progress", help="auto (default), bar, lines, none")
+    g.add_argument("--progress", help="auto: a bar on a terminal, lines otherwise")
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="also write a resumable checkpoint every N steps within an epoch (long epochs); "
                         "SIGTERM / SIGINT always write one at the step they stop")
+    g.add_argument("--log-interval", metavar="N|Ns",
+                   help="a progress line every N steps, or every N seconds with an s suffix (e.g. 30s); "
+                        "default auto: on a terminal a bar, otherwise a line when both 30 s and a quarter of "
+                        "the epoch have passed")
+    g.add_argument("--val-every", type=int, metavar="N",
+                   help="validate every N epochs, and always after the last (checkpoint selection uses the "
+                        "validated epochs)")
+    g.add_argument("--val-subset", type=int, metavar="N",
+                   help="validate on a fixed subset of N validation images (seed 42, the same for every run); "
+                        "the final test always uses the whole test split")
+    g.add_argument("--init-from", metavar="RUN",
+                   help="start from another run's model weights (its best checkpoint; RUN/checkpoints/X.pt "
+                        "for another), with a new optimizer and schedule")
+    document_train_options(p)
 
 
-CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "num_workers", "model",
+def option_choices() -> dict:
+    """The valid names of each option that takes one (shown as ``{a,b,c}`` in ``--help``); pools and
+    contexts also take your own module by import path."""
+    from .config import METHODS
+    from .data import DATASETS
+    from .goodness import GOODNESS_REDUCTIONS
+    from .heads import HEAD_FEATURES
+    from .layers import CONTEXTS, NORMS, POOLS
+    from .presets import PRESETS
+    from .recipes import RECIPES
+    return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
+            "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
+            "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": ["none", "bf16", "fp16"],
+            "progress": ["auto", "bar", "lines", "none"]}
+
+
+def _preset_values(key: str) -> str:
+    from .presets import PRESETS
+    return ", ".join(f"{name} {p[key]:g}" for name, p in PRESETS.items() if key in p)
+
+
+#: Defaults that are not a TrainConfig field's plain value.
+DEFAULT_TEXT = {
+    "epochs": lambda: f"the preset's: {_preset_values('epochs')}",
+    "lr": lambda: f"the preset's: {_preset_values('lr')}",
+    "head_lr": lambda: f"the preset's head lr ({_preset_values('head_lr')}), else --lr (the VGGs)",
+    "subset": lambda: "all the training images",
+    "input_size": lambda: "the dataset's: digits 8, imagenet 224, others 32",
+    "channels": lambda: "the preset's, scaled by --width",
+    "data_root": lambda: "./data, and for fashion-mnist also /usr/share/datasets/fashion-mnist",
+    "checkpoint_every": lambda: "0: at epoch ends only",
+    "pipeline": lambda: "1: one process",
+    "val_subset": lambda: "the whole validation split",
+}
+
+
+def document_train_options(p: argparse.ArgumentParser) -> None:
+    """Give every train flag its choices (``{rms,avg,max,soft}``) and its default, read off TrainConfig, the
+    presets and the recipes (so that ``--help`` cannot drift from what a run does)."""
+    import dataclasses as dc
+    from .recipes import RECIPES
+    fields = {f.name: f for f in dc.fields(TrainConfig)}
+    choices = option_choices()
+    for action in p._actions:
+        key = action.dest
+        if key not in fields or action.help == argparse.SUPPRESS:
+            continue
+        if key in choices and action.metavar is None:
+            action.metavar = "{" + ",".join(choices[key]) + "}"
+            if key in ("pool", "context"):
+                action.metavar += "|MODULE:NAME"
+        if action.metavar is None and action.type is int:
+            action.metavar = "N"
+        if "(default" in (action.help or ""):
+            continue
+        f = fields[key]
+        value = f.default if f.default is not dc.MISSING else f.default_factory()
+        if key in DEFAULT_TEXT:
+            text = DEFAULT_TEXT[key]()
+        elif isinstance(value, bool):
+            text = "on" if value else "off"
+        elif value is None:
+            continue
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        else:
+            text = str(value)
+        for recipe, keys in RECIPES.items():
+            if key in keys:
+                text += f"; {keys[key]} with --recipe {recipe}"
+        action.help = f"{action.help or ''} (default: {text})".strip()
+
+
+CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "augment", "test_split",
+                "num_workers", "model",
                 "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
                 "head_features", "fusion_from", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
-                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress", "checkpoint_every")
+                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress", "checkpoint_every",
+                "log_interval", "val_every", "val_subset", "init_from")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -199,31 +328,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="asge", description=__doc__.splitlines()[0] if __doc__ else None)
+    from . import __version__
+    parser = OneLineParser(prog="asge", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"asge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("train", help="train a network by ASGE (or --method bp)")
+    help_text = "train a network by ASGE (or --method bp)"
+    p = sub.add_parser("train", help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="test a finished run's best checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("--strategy", default="all", help="fusion, last, best, or all (default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", help="override the run's data root")
-    p.add_argument("--batch-size", type=int, default=256)
+    help_text = "test a finished run's best checkpoint"
+    p = sub.add_parser("eval", help=help_text, description=help_text[0].upper() + help_text[1:] + " on the "
+                       "test split, by each strategy (an unfinished run: fusion and last of its last checkpoint).")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--strategy", default="all", choices=("all", "fusion", "last", "best"),
+                   help="which strategies to test (default: all of the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--data-root", metavar="DIR", help="read the dataset here instead of the run's data root")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: 256)")
     p.add_argument("--per-class", action="store_true", help="also the test accuracy of each class, by name")
     p.set_defaults(func=cmd_eval)
     for name, (module, help_text) in EXTRA_COMMANDS.items():
         if importlib.util.find_spec(module) is None:
             continue
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
     return parser
 
 
-def report_error(e: Exception) -> None:
-    """``asge: error: ...`` on one line. In a torchrun group, one line for the whole group: the first rank to
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """``parser.parse_args``, with arguments that no option takes refused by the subcommand's parser (its
+    name in the error, and the flag it was probably meant to be)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].unrecognized(extras)
+    return args
+
+
+def report_error(e: Exception, command: Optional[str] = None) -> None:
+    """``asge COMMAND: error: ...`` on one line (the prefix of argparse's errors too). In a torchrun group, one line for the whole group: the first rank to
     fail prints it (naming itself), the others stay quiet."""
     message = " ".join(str(e).split()) or type(e).__name__
     from .train.distributed import launched_by_torchrun
@@ -234,13 +379,13 @@ def report_error(e: Exception) -> None:
             return
         if not isinstance(e, PeerFailedError):
             message = f"rank {os.environ['RANK']}: {message}"
-    print(f"asge: error: {message}", file=sys.stderr)
+    print(f"asge{' ' + command if command else ''}: error: {message}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .allocator import tune_malloc
     tune_malloc()                          # reuse freed activation buffers (ASGE_MALLOC=default: off)
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from .preempt import StopSignals
     from .train.distributed import launched_by_torchrun
     # torchrun answers a failing worker with SIGTERM to the others: they still finish saying why they stop
@@ -252,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"asge: {e}", file=sys.stderr)
             return e.exit_code
         except (AsgeError, ValueError) as e:
-            report_error(e)
+            report_error(e, args.command)
             return 2
         except KeyboardInterrupt:
             print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

@@ -102,9 +102,11 @@ def header(net: ASGENet, strategy: str) -> dict:
 
 
 def export_safetensors(net: ASGENet, path: Path, strategy: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+    from .run import atomic_write
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"format": SAFETENSORS_FORMAT, "asge": json.dumps(header(net, strategy))})
+    data = save(state, metadata={"format": SAFETENSORS_FORMAT, "asge": json.dumps(header(net, strategy))})
+    atomic_write(path, lambda f: f.write(data), AsgeError)   # safetensors' save_file creates 0600 files
 
 
 @torch.no_grad()

@@ -61,8 +61,11 @@ def data_info(cfg: TrainConfig, state: dict, recorded: Optional[dict] = None) ->
 
 
 def prepare(net: ASGENet, cfg: TrainConfig, info: DatasetInfo, summary: dict) -> ASGENet:
-    """Set what a loaded network carries: eval mode, ``classes``, ``preprocessing``, ``config``, ``summary``."""
+    """Set what a loaded network carries: eval mode, ``classes``, ``preprocessing``, ``config``, ``summary``.
+    Its parameters are frozen (``requires_grad`` False: outputs carry no autograd graph); to train it further,
+    ``net.requires_grad_(True)``."""
     net.eval()
+    net.requires_grad_(False)
     net.classes = tuple(info.classes) if len(info.classes) == info.num_classes else \
         tuple(str(i) for i in range(info.num_classes))
     net.preprocessing = Preprocessing.for_dataset(info.name, info.image_size, info.in_channels)

@@ -38,7 +38,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_files(net, files: list[str], strategy: str, top_k: int, batch_size: int,
                   errors: list[str]) -> Iterator[dict]:
     """Yield ``{"path", "predictions": [{"class", "probability"}, ...]}`` per readable file, in order; the

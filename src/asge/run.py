@@ -23,6 +23,20 @@ from .errors import CheckpointError, RunDirError
 CHECKPOINT_FORMAT = "asge-checkpoint-1"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else set and reset."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write, error=RunDirError) -> None:
     """Write via a temporary file in the same directory, fsync, rename over ``path``, fsync the directory: a
     kill (or a power cut) during the write leaves the previous file intact. A failing write (disk full,
@@ -32,6 +46,7 @@ def atomic_write(path: Path, write, error=RunDirError) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~current_umask())   # mkstemp creates 0600; honour the umask as open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
