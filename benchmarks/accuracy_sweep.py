@@ -15,6 +15,9 @@ many seconds. Suites (the long `full` runs are started first):
 - general (= digits + quick): scikit-learn digits (its preset) and Fashion-MNIST with `quick` x0.5 (20k
   images, 3 epochs): the paper recipe against the plus recipe, unchanged.
 - full: all 50k Fashion-MNIST training images, VGG8 x0.25, 10 epochs, lr 2e-3: paper, candidates, backprop.
+- colour: CIFAR-10 as a JPEG ImageFolder tree (`--colour-data DIR` holding train/), 5,000 class-balanced
+  images of train/ held back as the test split (`--test-split 5000`), VGG8 x0.25, 20k training images,
+  3 epochs, lr 2e-3: the paper recipe, plus, backprop, and the colour-specific factors for both methods.
 """
 from __future__ import annotations
 
@@ -34,6 +37,24 @@ BUDGET = ["--dataset", "fashion-mnist", "--model", "vgg8", "--width", "0.25", "-
 FULL = ["--dataset", "fashion-mnist", "--model", "vgg8", "--width", "0.25", "--epochs", "10", "--lr", "2e-3"]
 QUICK = ["--dataset", "fashion-mnist", "--model", "quick", "--width", "0.5", "--subset", "20000", "--epochs", "3"]
 DIGITS = ["--dataset", "digits"]
+COLOUR = ["--dataset", "imagefolder", "--test-split", "5000", "--model", "vgg8", "--width", "0.25",
+          "--subset", "20000", "--epochs", "3", "--lr", "2e-3"]
+# Colour-specific factors (docs/accuracy.md, CIFAR-10 section), for both methods where they apply.
+COLOUR_CONFIGS = {
+    "paper": [], "plus": ["--recipe", "plus"], "bp": ["--method", "bp"],
+    "colour": ["--recipe", "colour"],
+    "paper+crop-flip": ["--augment", "crop-flip"], "plus+crop-flip": ["--recipe", "plus", "--augment", "crop-flip"],
+    "bp+crop-flip": ["--method", "bp", "--augment", "crop-flip"],
+    "plus+augment-none": ["--recipe", "plus", "--augment", "none"],
+    "bp+augment-none": ["--method", "bp", "--augment", "none"],
+    "plus+norm-rms": ["--recipe", "plus", "--norm", "rms"],
+    "plus+lr-5e-3": ["--recipe", "plus", "--lr", "5e-3"],
+    "plus+lr-1e-3": ["--recipe", "plus", "--lr", "1e-3"],
+    "paper+ge": ["--context", "ge"],
+    "plus+context-none": ["--recipe", "plus", "--context", "none"],
+    "plus+batch-64": ["--recipe", "plus", "--batch-size", "64"],
+    "plus+dropout-0": ["--recipe", "plus", "--dropout", "0"],
+}
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
 FACTORS = {
@@ -75,12 +96,15 @@ def suite_runs(suite: str, seeds: list[int], tiny: bool) -> list[tuple[str, str,
         picks = {n: {**FACTORS, **CANDIDATES}[n] for n in ("paper", "plus")}
         configs = ([(f"digits/{n}", DIGITS + f) for n, f in picks.items()] if suite != "quick" else []) + \
                   ([(f"quick-w0.5/{n}", QUICK + f) for n, f in picks.items()] if suite != "digits" else [])
+    elif suite == "colour":
+        configs = [(n, COLOUR + f) for n, f in COLOUR_CONFIGS.items()]
     elif suite == "full":
         configs = [("paper", FULL), ("plus", FULL + CANDIDATES["plus"]), ("bp", FULL + FACTORS["bp"]),
                    ("plus+norm-rms", FULL + CANDIDATES["plus+norm-rms"]),
                    ("plus+label-smoothing", FULL + CANDIDATES["plus+label-smoothing"])]
     else:
-        raise SystemExit(f"accuracy_sweep: unknown suite {suite!r}; valid: budget, general, digits, quick, full")
+        raise SystemExit(f"accuracy_sweep: unknown suite {suite!r}; valid: budget, general, digits, quick, full, "
+                         f"colour")
     return [(suite, f"{n}-s{s}", f + ["--seed", str(s)]) for n, f in configs for s in seeds]
 
 
@@ -195,6 +219,7 @@ def load_results(paths: list[str]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="Fashion-MNIST folder (IDX .gz files); default: asge's own search")
+    p.add_argument("--colour-data", help="the colour suite's ImageFolder tree (CIFAR-10 as JPEG: train/<class>/)")
     p.add_argument("--out", required=True)
     p.add_argument("--scratch", help="where the runs train (checkpoints); default OUT/scratch")
     p.add_argument("--suite", default="full,budget,general")
@@ -235,7 +260,10 @@ def main(argv=None) -> int:
     def launch(run):
         if time.time() - start > args.deadline:
             return run, {"error": "not started: past the deadline"}
-        return run, run_one(out, scratch, run[0], run[1], run[2], args.data,
+        if run[0] == "colour" and not args.colour_data:
+            return run, {"error": "not started: the colour suite needs --colour-data DIR"}
+        data = args.colour_data if run[0] == "colour" else args.data
+        return run, run_one(out, scratch, run[0], run[1], run[2], data,
                             time_left=args.stop_after - (time.time() - start))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

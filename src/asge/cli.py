@@ -299,6 +299,12 @@ def print_summary(s: dict, out: Optional[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    from .train.loop import check_resume, finished_message
+    finished = check_resume(cfg, args.resume)     # before anything is locked, loaded or written
+    if finished is not None:
+        if int(os.environ.get("RANK", "0")) == 0:   # torchrun: the other ranks stop quietly
+            print(finished_message(cfg.out, finished))
+        return 0
     if cfg.out is None:
         cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .train.distributed import fit_distributed, launched_by_torchrun

@@ -29,14 +29,31 @@ def read_yaml_options(path: str | Path) -> dict:
 
 
 #: Smallest value of each integer count.
-MIN_INT = {"subset": 1, "input_size": 1, "batch_size": 1, "epochs": 1, "pipeline": 1, "fusion_from": 1,
-           "num_workers": 0, "checkpoint_every": 0, "seed": 0}
+MIN_INT = {"subset": 1, "input_size": 1, "test_split": 1, "batch_size": 1, "epochs": 1, "pipeline": 1, "fusion_from": 1,
+           "num_workers": 0, "checkpoint_every": 0, "seed": 0, "val_every": 1, "val_subset": 1}
 MAX_SEED = 2 ** 32 - 1
 #: Range of each real-valued key: (low, high, low allowed, high allowed).
 REAL_RANGE = {"width": (0.0, math.inf, False, False), "alpha": (0.0, math.inf, False, False),
               "lr": (0.0, math.inf, False, False), "head_lr": (0.0, math.inf, False, False),
               "weight_decay": (0.0, math.inf, True, False), "min_lr": (0.0, math.inf, True, False),
               "dropout": (0.0, 1.0, True, False), "label_smoothing": (0.0, 1.0, True, False)}
+
+
+def parse_log_interval(value) -> tuple[str, float]:
+    """``log_interval`` -> ("auto", 0) for None or "auto", ("steps", N) for N or "N", ("seconds", S) for
+    "Ss" (e.g. "30s"); anything else: one ValueError naming the key, the value and what is expected."""
+    if value is None or value == "auto":
+        return "auto", 0.0
+    text = str(value).strip().lower() if not isinstance(value, bool) else ""
+    try:
+        if text.endswith("s") and float(text[:-1]) > 0 and math.isfinite(float(text[:-1])):
+            return "seconds", float(text[:-1])
+        if text and not text.endswith("s") and int(text) >= 1 and float(text) == int(text):
+            return "steps", float(int(text))
+    except ValueError:
+        pass
+    raise ValueError(f"log_interval: expected a number of steps >= 1 (e.g. 50) or of seconds (e.g. 30s), "
+                     f"or auto, got {value!r}")
 
 
 def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
@@ -116,6 +133,8 @@ class TrainConfig:
     download: bool = False
     subset: Optional[int] = None
     input_size: Optional[int] = None      # imagefolder / imagenet side; others use their native size
+    augment: str = "auto"                 # training augmentation: auto (the dataset's own) | none | hflip | crop-flip | cifar
+    test_split: Optional[int] = None      # imagefolder without test/: N class-balanced images of train/ held back
     num_workers: int = 2                  # DataLoader workers (imagefolder / imagenet only)
     # model
     model: str = "digits"
@@ -152,10 +171,14 @@ class TrainConfig:
     tensorboard: bool = False
     progress: str = "auto"                # auto | bar | lines | none
     checkpoint_every: int = 0             # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    log_interval: Optional[object] = None  # progress lines: N (steps) or "Ns" (seconds); None: auto
+    val_every: int = 1                    # validate every N epochs (and always after the last one)
+    val_subset: Optional[int] = None      # validate on a fixed (seed 42) subset of N validation images
+    init_from: Optional[str] = None       # start from another run's model weights (new optimizer, schedule)
 
     # Keys that may differ between a run and its resumption.
     RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline",
-                    "checkpoint_every")
+                    "checkpoint_every", "log_interval")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -199,10 +222,14 @@ class TrainConfig:
         POOLS.check(self.pool)
         NORMS.check(self.norm)
         CONTEXTS.check(self.context)
+        from .data.augment import AUGMENTATIONS
+        if self.augment != "auto" and self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"unknown amp {self.amp!r}; valid: none, bf16, fp16")
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; valid: auto, bar, lines, none")
+        parse_log_interval(self.log_interval)
         from .heads import HEAD_FEATURES
         from .recipes import recipe_defaults
         recipe_defaults(self.recipe)                 # an unknown recipe: one line listing the valid ones

@@ -7,11 +7,10 @@ from typing import Optional
 
 import torch
 
-from .data import load_data
 from .heads import STRATEGIES
 from .inference import check_run_strategy
 from .run import RunDir, load_checkpoint, load_model_state
-from .train.loop import build_model, resolve_device
+from .train.loop import build_model, load_run_data, resolve_device
 
 
 @torch.no_grad()
@@ -44,8 +43,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
         else [check_run_strategy(cfg.method, strategy)]
     dev = resolve_device(device)
     ckpt = load_checkpoint(run.best_checkpoint)
-    data = load_data(cfg.dataset, cfg.data_root, subset=None, seed=cfg.seed, device=dev,
-                     input_size=cfg.input_size, num_workers=cfg.num_workers)
+    data = load_run_data(cfg, dev, subset=None, download=False)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
     counts = {s: class_counts(net, data.test, s, batch_size, dev) for s in strategies}

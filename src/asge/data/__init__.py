@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from .augment import adjust_hue_batched, augment_cifar
+from .augment import AUGMENTATIONS, adjust_hue_batched, augment_cifar
 from .folders import IMAGEFOLDER_VAL_FRACTION, IMAGENET_VAL_SIZE, FolderSplit, load_folder
 from .formats import read_idx
 from .in_memory import DEBIAN_FASHION_MNIST, DEFAULT_ROOT, load_cifar, load_digits, load_mnist_like
@@ -66,7 +66,8 @@ DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cif
 
 
 def load_data(name: str, root: str | None = None, *, download: bool = False, subset: int | None = None,
-              seed: int = 0, device="cpu", input_size: int | None = None, num_workers: int = 2) -> Data:
+              seed: int = 0, device="cpu", input_size: int | None = None, num_workers: int = 2,
+              augment: str = "auto", test_split: int | None = None) -> Data:
     """Load a dataset as fixed train/val/test splits.
 
     name: one of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``).
@@ -79,6 +80,12 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
     input_size: side S of the images. Defaults: digits 8, MNIST/Fashion-MNIST/CIFAR 32, imagefolder 32,
         imagenet 224. In-memory datasets are resized to S once, at load.
     num_workers: DataLoader workers for imagefolder / imagenet.
+    augment: the training split's augmentation: ``auto`` (the dataset's own: CIFAR and small ImageFolder
+        trees ``cifar``, Fashion-MNIST ``hflip``, digits and MNIST ``none``, large ImageFolder trees and
+        ImageNet RandomResizedCrop + flip), or one of ``none``, ``hflip``, ``crop-flip`` (random crop with
+        4 px zero padding + flip), ``cifar`` (crop, flip, ColorJitter 0.4/0.4/0.4/0.1, RandomGrayscale 0.2).
+        Trees decoded per batch take ``auto`` or ``none`` only.
+    test_split: imagefolder without a test/ folder: hold back N class-balanced images of train/ (seed 42).
 
     Split sizes: digits 1077/360/360 (stratified 60/20/20); MNIST and Fashion-MNIST 50000/10000/10000;
     CIFAR 45000/5000/10000; imagefolder 90%/10% of train/ and test/; imagenet train/ minus 10000, 10000, val/.
@@ -86,7 +93,25 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
     key = str(name).lower().replace("_", "-")
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    device = torch.device(device)
+    if augment != "auto" and augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
+    if test_split is not None and key != "imagefolder":
+        raise DatasetError(f"{key}: test_split applies to imagefolder only ({key} has its own test split)")
+    data = _load(key, root, download=download, subset=subset, seed=seed, device=torch.device(device),
+                 input_size=input_size, num_workers=num_workers, test_split=test_split)
+    if augment == "auto":
+        return data
+    if isinstance(data.train, TensorSplit):
+        data.train.augmentation = augment
+    elif augment == "none":
+        data.train.train = False          # the evaluation transform (resize + centre crop) for training too
+    else:
+        raise DatasetError(f"{key}: augment {augment!r} needs images held in memory; {key} images decoded per "
+                           f"batch take augment auto (RandomResizedCrop + flip) or none")
+    return data
+
+
+def _load(key: str, root, *, download, subset, seed, device, input_size, num_workers, test_split) -> Data:
     if key == "digits":
         return load_digits(subset=subset, seed=seed, device=device, input_size=input_size)
     if key in ("mnist", "fashion-mnist"):
@@ -96,4 +121,4 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
         return load_cifar(key, root, download=download, subset=subset, seed=seed, device=device,
                            input_size=input_size)
     return load_folder(key, root, download=download, subset=subset, seed=seed, input_size=input_size,
-                        num_workers=num_workers)
+                       num_workers=num_workers, test_split=test_split, device=device)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 #: Names a :class:`~asge.data.splits.TensorSplit` accepts for its ``augmentation``, and how many uniform
 #: numbers each draws per image from the generator (``skip_draws`` relies on it).
-DRAWS_PER_IMAGE = {"none": 0, "hflip": 1, "cifar": 8}
+DRAWS_PER_IMAGE = {"none": 0, "hflip": 1, "crop-flip": 3, "cifar": 8}
 AUGMENTATIONS = tuple(DRAWS_PER_IMAGE)
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -87,6 +87,17 @@ def augment_cifar(x: torch.Tensor, g: torch.Generator, scale: float = 1.0 / 255,
     x = x.mul_(v(fs)).add_(_gray(x) * v(1.0 - fs)).clamp_(0.0, 1.0)  # saturation: blend with luma
     x = adjust_hue_batched(x, fh)
     return torch.where(v(gray), _gray(x).expand_as(x), x)
+
+
+def crop_flip_random(x: torch.Tensor, g: torch.Generator, scale: float = 1.0 / 255, pad: int = 4) -> torch.Tensor:
+    """RandomCrop(H, padding=pad) + RandomHorizontalFlip of :func:`augment_cifar`, without its colour
+    changes. x: (B, C, H, W) uint8 (or float) -> float32 (B, C, H, W) times ``scale``. Draws
+    ``torch.rand(B, 3, generator=g)``."""
+    u = torch.rand(x.shape[0], DRAWS_PER_IMAGE["crop-flip"], generator=g).to(x.device, non_blocking=True)
+    n_off = 2 * pad + 1
+    oy = (u[:, 0] * n_off).long().clamp_(max=n_off - 1)
+    ox = (u[:, 1] * n_off).long().clamp_(max=n_off - 1)
+    return _crop_flip(x, oy, ox, u[:, 2] < 0.5, pad).float().mul_(scale)
 
 
 def hflip_random(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

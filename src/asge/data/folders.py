@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 import torch
 
 from ..preempt import ignore_stop_signals
-from .splits import Data, DatasetError, DatasetInfo, Split, check_size, fixed_split, rms_normalize, subset_indices
+from .splits import (SPLIT_SEED, Data, DatasetError, DatasetInfo, Split, TensorSplit, check_size, fixed_split,
+                     rms_normalize, subset_indices)
 
 #: Images held out of ImageNet's train/ for validation (at most; 10% of train for small trees).
 IMAGENET_VAL_SIZE = 10000
@@ -196,13 +197,72 @@ def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layo
     return samples, list(classes)
 
 
-def load_folder(name: str, root, *, download, subset, seed, input_size, num_workers) -> Data:
+#: An ImageFolder tree whose first images are already S x S (a CIFAR-like copy) is decoded once into
+#: memory and trained like the in-memory datasets; larger images are decoded per batch by a DataLoader.
+SMALL_TREE_PROBE = 16
+
+
+def _is_small_tree(samples: Sequence[tuple[str, int]], size: int) -> bool:
+    """Whether the first :data:`SMALL_TREE_PROBE` images of ``samples`` are ``size`` x ``size`` (headers only)."""
+    from PIL import Image
+    for path, _ in samples[:SMALL_TREE_PROBE]:
+        try:
+            with Image.open(path) as im:
+                if im.size != (size, size):
+                    return False
+        except Exception:  # an unreadable file: the per-batch path names it when it is reached
+            return False
+    return True
+
+
+def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``samples`` as uint8 (N, 3, size, size) RGB (an image of another size is resized, with
+    antialiasing) and its labels (N,). An unreadable file raises :class:`DatasetError` naming it."""
+    import numpy as np
+    from PIL import Image
+
+    from .in_memory import resize_uint8
+    images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(samples):
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as e:
+            raise DatasetError(f"cannot read image {path}: {e}") from None
+        img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        images[i] = img if img.shape[-2:] == (size, size) else resize_uint8(img[None], size)[0]
+    return images, torch.tensor([label for _, label in samples], dtype=torch.int64)
+
+
+def held_out_test(labels: Sequence[int], n_test: int, name: str) -> tuple[list[int], list[int]]:
+    """(kept, test) indices: a class-balanced (stratified) test split of ``n_test`` of ``labels``, drawn with the
+    fixed split seed, so every run and method holds back the same images."""
+    from sklearn.model_selection import train_test_split
+    n = len(labels)
+    if not 0 < n_test < n:
+        raise DatasetError(f"{name}: test_split={n_test} must be between 1 and {n - 1} (train/ holds {n} images)")
+    try:
+        kept, test = train_test_split(list(range(n)), test_size=n_test, stratify=list(labels),
+                                      random_state=SPLIT_SEED)
+    except ValueError as e:  # too few images of a class to stratify
+        raise DatasetError(f"{name}: cannot hold back a class-balanced test split of {n_test}: {e}") from None
+    return sorted(kept), sorted(test)
+
+
+def load_folder(name: str, root, *, download, subset, seed, input_size, num_workers, test_split=None,
+                device="cpu") -> Data:
     """ImageFolder trees. ``imagefolder``: train/ and test/ (or val/), val = 10% of train (seed 42),
-    default input_size 32. ``imagenet``: train/ and val/ (the test split), val = min(10000, 10% of train)
-    held out of train (seed 42), default input_size 224."""
+    default input_size 32; without test/ (or val/), ``test_split`` N holds back a class-balanced test split
+    of N images of train/ (seed 42) first. A tree whose images are already S x S (e.g. a JPEG copy of
+    CIFAR-10) is decoded once and held in memory on ``device`` (:class:`TensorSplit`, the CIFAR augmentation,
+    no resize for evaluation); other trees are decoded per batch (:class:`FolderSplit`).
+    ``imagenet``: train/ and val/ (the test split), val = min(10000, 10% of train) held out of train
+    (seed 42), default input_size 224."""
     test_names = ("test", "val") if name == "imagefolder" else ("val",)
     layout = (f"<root>/train/<class>/*.jpg and <root>/{'test' if name == 'imagefolder' else 'val'}/<class>/*.jpg"
               f" (ImageFolder layout)")
+    if name == "imagefolder":
+        layout += ", or train/ alone with --test-split N"
     if download:
         raise DatasetError(f"{name}: cannot be downloaded; prepare {layout} and pass --data-root")
     if root is None:
@@ -211,11 +271,18 @@ def load_folder(name: str, root, *, download, subset, seed, input_size, num_work
     train_dir = root / "train"
     test_dirs = [root / t for t in test_names]
     test_dir = next((d for d in test_dirs if d.is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        looked = [str(train_dir)] + [str(d) for d in test_dirs]
+    if test_split is not None and test_dir is not None:
+        raise DatasetError(f"{name}: {test_dir} exists and test_split={test_split} was given; use one test "
+                           f"split: drop --test-split, or point --data-root at a tree without {test_dir.name}/")
+    if not train_dir.is_dir() or (test_dir is None and test_split is None):
+        looked = [str(train_dir)] + ([str(d) for d in test_dirs] if test_split is None else [])
         raise DatasetError(f"{name}: missing folder(s); looked for {', '.join(looked)}; expected {layout}")
     train_samples, classes = _scan_folder(train_dir, None, name, layout)
-    test_samples, _ = _scan_folder(test_dir, classes, name, layout)
+    if test_split is not None:
+        kept, held = held_out_test([c for _, c in train_samples], test_split, name)
+        test_samples, train_samples = [train_samples[i] for i in held], [train_samples[i] for i in kept]
+    else:
+        test_samples, _ = _scan_folder(test_dir, classes, name, layout)
     n = len(train_samples)
     if name == "imagefolder":
         n_val = max(1, round(n * IMAGEFOLDER_VAL_FRACTION)) if n > 1 else 0
@@ -227,8 +294,11 @@ def load_folder(name: str, root, *, download, subset, seed, input_size, num_work
         tr = tr[sub]
     size = check_size(input_size, 32 if name == "imagefolder" else 224)
     pick = lambda idx: [train_samples[i] for i in idx.tolist()]  # noqa: E731
+    info = DatasetInfo(name=name, num_classes=len(classes), in_channels=3, image_size=size, classes=tuple(classes))
+    if name == "imagefolder" and _is_small_tree(train_samples, size):
+        mk = lambda samples, aug: TensorSplit(*_decode_all(samples, size), augmentation=aug,  # noqa: E731
+                                              device=device)
+        return Data(train=mk(pick(tr), "cifar"), val=mk(pick(va), "none"), test=mk(test_samples, "none"), info=info)
     return Data(train=FolderSplit(pick(tr), size, train=True, num_workers=num_workers),
                 val=FolderSplit(pick(va), size, num_workers=num_workers),
-                test=FolderSplit(test_samples, size, num_workers=num_workers),
-                info=DatasetInfo(name=name, num_classes=len(classes), in_channels=3, image_size=size,
-                                 classes=tuple(classes)))
+                test=FolderSplit(test_samples, size, num_workers=num_workers), info=info)

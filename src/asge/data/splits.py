@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from .augment import AUGMENTATIONS, augment_cifar, hflip_random, skip_draws
+from .augment import AUGMENTATIONS, augment_cifar, crop_flip_random, hflip_random, skip_draws
 
 #: Seed of every fixed train/val (and digits train/val/test) split; independent of the run seed.
 SPLIT_SEED = 42
@@ -82,8 +82,9 @@ class TensorSplit(Split):
     """A split held as one tensor on the device.
 
     images: (N, C, S, S) uint8 (pixel = value * ``scale``, e.g. 1/255) or float in [0, 1] (then scale 1);
-    labels: (N,) integer. ``augmentation``: ``"none"``, ``"hflip"`` (random horizontal flip) or
-    ``"cifar"`` (:func:`augment_cifar`). Both tensors are moved to ``device`` once, at construction.
+    labels: (N,) integer. ``augmentation``: ``"none"``, ``"hflip"`` (random horizontal flip),
+    ``"crop-flip"`` (:func:`~asge.data.augment.crop_flip_random`) or ``"cifar"`` (:func:`augment_cifar`).
+    Both tensors are moved to ``device`` once, at construction.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, augmentation: str = "none",
@@ -132,6 +133,8 @@ class TensorSplit(Split):
                 xb, yb = images[idx], labels[idx]
             if aug == "cifar":
                 x = augment_cifar(xb, g, scale=self.scale)
+            elif aug == "crop-flip":
+                x = crop_flip_random(xb, g, scale=self.scale)
             else:
                 if aug == "hflip":
                     xb = hflip_random(xb, g)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import signal
 import sys
 import time
@@ -45,6 +46,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_run_data(cfg: TrainConfig, device: torch.device, *, subset="config", download: Optional[bool] = None):
+    """The dataset ``cfg`` names, as its run reads it (``subset``: the config's unless given)."""
+    return load_data(cfg.dataset, cfg.data_root, download=cfg.download if download is None else download,
+                     subset=cfg.subset if subset == "config" else subset, seed=cfg.seed, device=device,
+                     input_size=cfg.input_size, num_workers=cfg.num_workers, augment=cfg.augment,
+                     test_split=cfg.test_split)
+
+
 def build_model(cfg: TrainConfig, info) -> ASGENet:
     """The network ``cfg`` describes, for data with ``info`` (channels, classes, image size)."""
     common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
@@ -63,17 +72,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @torch.no_grad()
 def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
-             channels_last: bool = False, world=None) -> dict:
+             channels_last: bool = False, world=None, progress: Optional[Progress] = None,
+             should_stop: Optional[Callable[[], int]] = None) -> dict:
     """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads.
 
     With a data-parallel ``world``, every rank evaluates its share of each batch and the sums are reduced:
-    every rank gets the whole split's numbers (each rank must call this at the same point)."""
+    every rank gets the whole split's numbers (each rank must call this at the same point).
+    ``progress`` shows the batches done; ``should_stop()`` (a signal number, 0: go on; a collective in
+    data-parallel runs) is asked after every batch, and a nonzero answer raises :class:`EvaluationStopped`."""
     net.eval()
     L = len(net.blocks)
     correct = torch.zeros(L + 2, dtype=torch.long, device=device)
     loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
     n = 0
-    for x, y in split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device):
+    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
+        if should_stop is not None:
+            signum = should_stop()
+            if signum:
+                raise EvaluationStopped(signum)
         if world is not None:
             lo, hi = world.shard(y.shape[0])
             x, y = x[lo:hi], y[lo:hi]
@@ -89,6 +105,8 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
         loss += ce.view(L + 2, -1).sum(1).double()
         correct += (scores.argmax(-1) == y).sum(1)
         n += y.shape[0]
+        if progress is not None and progress.wants(i):
+            progress.update(i, f"{min((i + 1) * batch_size, len(split))}/{len(split)} images")
     if world is not None:
         world.all_reduce_(correct)
         world.all_reduce_(loss)
@@ -112,23 +130,46 @@ def strategy_scores(method: str, ev: dict) -> dict:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (or nothing)."""
+    """A tqdm bar on a terminal, plain lines otherwise (or nothing).
 
-    def __init__(self, mode: str, total: int, desc: str):
+    ``interval`` (:func:`~asge.config.parse_log_interval`): ("steps", N) a line every N steps, ("seconds",
+    S) a line every S seconds, ("auto", 0) a line when both :data:`AUTO_SECONDS` and a quarter of the
+    ``total`` steps have passed since the last one (a short epoch prints none; its epoch line says it all).
+    A bar is redrawn every twentieth of ``total`` (or every N steps)."""
+
+    AUTO_SECONDS = 30.0
+
+    def __init__(self, mode: str, total: int, desc: str, interval: tuple = ("auto", 0.0)):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.total, self.desc = mode, total, desc
-        self.every = max(1, total // (20 if mode == "bar" else 4))
+        self.kind, value = interval
+        if self.kind == "steps":
+            self.every = max(1, int(value))
+        else:
+            self.every = max(1, total // (20 if mode == "bar" else 4))
+        self.seconds = value if self.kind == "seconds" else self.AUTO_SECONDS
+        self.last_step, self.last_time = -1, time.monotonic()
         self.bar = None
         if mode == "bar":
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def wants(self, step: int) -> bool:
-        return self.mode != "none" and ((step + 1) % self.every == 0 or step + 1 == self.total)
+        """Whether step ``step`` (0-based) should be shown."""
+        if self.mode == "none":
+            return False
+        if self.mode == "bar":
+            return (step + 1) % self.every == 0 or step + 1 == self.total
+        if self.kind == "steps":
+            return (step + 1) % self.every == 0
+        waited = time.monotonic() - self.last_time >= self.seconds
+        return waited if self.kind == "seconds" else waited and step - self.last_step >= self.every
 
-    def update(self, step: int, stats: dict) -> None:
-        text = f"loss {stats['loss']:.4f} acc {stats['acc']:.2f}%"
+    def update(self, step: int, stats) -> None:
+        """Show step ``step``: ``stats`` is a training step's {loss, acc} or a text."""
+        text = stats if isinstance(stats, str) else f"loss {stats['loss']:.4f} acc {stats['acc']:.2f}%"
+        self.last_step, self.last_time = step, time.monotonic()
         if self.bar is not None:
             self.bar.n = step + 1
             self.bar.set_postfix_str(text)
@@ -138,6 +179,73 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def progress_for(cfg: TrainConfig, total: int, desc: str) -> Progress:
+    """The run's progress display (``cfg.progress``, ``cfg.log_interval``) for ``total`` steps."""
+    from ..config import parse_log_interval
+    return Progress(cfg.progress, total, desc, parse_log_interval(cfg.log_interval))
+
+
+class EvaluationStopped(Exception):
+    """A stop signal arrived while ``evaluate`` ran (``signum``): its result is incomplete."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"evaluation stopped by signal {signum}")
+        self.signum = signum
+
+
+def split_subset(split, n: Optional[int], seed: int = 42):
+    """A fixed random subset of ``n`` images of ``split`` (the same for the same ``seed``; in the split's
+    order), or ``split`` itself when ``n`` is None or not smaller."""
+    from ..data.folders import FolderSplit
+    from ..data.splits import TensorSplit
+    if n is None or n >= len(split):
+        return split
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.images[idx.to(split.images.device)], split.labels[idx.to(split.labels.device)],
+                           augmentation=split.augmentation, scale=split.scale, device=split.images.device)
+    if isinstance(split, FolderSplit):
+        return FolderSplit([split.samples[i] for i in idx.tolist()], split.image_size, train=split.train,
+                           num_workers=split.num_workers)
+    raise AsgeError(f"val_subset: cannot take a subset of a {type(split).__name__}")
+
+
+def check_resume(cfg: TrainConfig, resume: bool) -> Optional[dict]:
+    """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
+    to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
+    says so and stops); an AsgeError, one line, when there is no run to resume."""
+    if not resume:
+        return None
+    if not cfg.out:
+        raise AsgeError("--resume needs --out: the run directory to continue")
+    run = RunDir(cfg.out)
+    if run.path.exists() and not run.path.is_dir():
+        raise AsgeError(f"{run.path} is a file, not a run directory: there is no run to resume")
+    if not run.path.is_dir():
+        raise AsgeError(f"{run.path} does not exist: there is no run to resume (without --resume a new run "
+                        "starts there)")
+    if run.summary_file.is_file():
+        try:
+            summary = json.loads(run.summary_file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise AsgeError(f"{run.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
+        if not isinstance(summary, dict):
+            raise AsgeError(f"{run.summary_file} is damaged (not a JSON object)")
+        return summary
+    if not run.checkpoint_exists():
+        raise AsgeError(f"{run.path} holds no run to resume (no {run.last_checkpoint.relative_to(run.path)}); "
+                        "without --resume a new run starts there")
+    return None
+
+
+def finished_message(out, summary: dict) -> str:
+    """``runs/r1 is a finished run (30 epochs, test accuracy fusion 97.78%): nothing to resume``."""
+    acc = summary.get("test_accuracy") or {}
+    head = summary.get("headline") or next(iter(acc), None)
+    what = f", test accuracy {head} {acc[head]:.2f}%" if head in acc else ""
+    return f"{out} is a finished run ({summary.get('epochs', '?')} epochs{what}): nothing to resume"
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
@@ -163,6 +271,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     cfg.validate()
     cfg = cfg.resolved()
     main = world is None or world.is_main
+    finished = check_resume(cfg, resume)
+    if finished is not None and world is None and method_factory is None:
+        log(finished_message(cfg.out, finished))
+        return finished
     with contextlib.ExitStack() as held:
         run = None
         if cfg.out and main:
@@ -225,8 +337,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
             raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
                                   f"checkpoint's in {diff}")
 
-    data = load_data(cfg.dataset, cfg.data_root, download=cfg.download, subset=cfg.subset, seed=cfg.seed,
-                     device=device, input_size=cfg.input_size, num_workers=cfg.num_workers)
+    data = load_run_data(cfg, device)
     torch.manual_seed(cfg.seed)    # modules that draw their init from the global RNG (context layers)
     net = build_model(cfg, data.info).to(device)
     if cfg.channels_last:
@@ -236,6 +347,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                                                       **(method_kwargs or {}))
     autocast = autocast_for(cfg, device)
     eval_batch = max(cfg.batch_size, 256)
+    val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
 
     start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
     partial = None
@@ -285,7 +397,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
             method.load_stats_state(partial["stats"])
             RunDir.set_rng_state(rank_rng_state(partial["rng"], world))
             partial = None
-        bar = Progress(cfg.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
+        bar = progress_for(cfg, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
         t0 = time.perf_counter()
         try:
             for step, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, augment=True,
@@ -314,14 +426,32 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         finally:
             bar.close()
         seconds = seconds_before + time.perf_counter() - t0
+        val = None
+        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:     # the last epoch is always validated
+            bar = progress_for(cfg, val_split.num_batches(eval_batch), f"validate {epoch}/{cfg.epochs}")
+            try:
+                val = evaluate(net, val_split, eval_batch, device, autocast, cfg.channels_last, world=world,
+                               progress=bar, should_stop=lambda: stop_signal(stop, world))
+            except EvaluationStopped as e:    # the epoch is trained: keep it, validate it on --resume
+                mid = mid_epoch_point(method, world, epoch, steps_per_epoch, seconds)
+                if run is not None:
+                    save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
+                                                                    train_seconds, images, partial=mid))
+                if world is not None:
+                    world.barrier()
+                raise preempted(e.signum, f"while validating epoch {epoch}/{cfg.epochs} (its training is "
+                                          "saved; --resume validates it)") from None
+            finally:
+                bar.close()
         train_seconds += seconds
         images += method.seen
-        val = evaluate(net, data.val, eval_batch, device, autocast, cfg.channels_last, world=world)
-        scores = strategy_scores(cfg.method, val)
-        record = {"epoch": epoch, "train": train, "val": val, "val_strategy": scores, "lr": method.lrs(),
-                  "seconds": seconds, "images_per_second": method.seen / max(seconds, 1e-9)}
-        score = scores[headline_strategy(cfg.method)]
-        if score > best["score"]:
+        record = {"epoch": epoch, "train": train, "lr": method.lrs(), "seconds": seconds,
+                  "images_per_second": method.seen / max(seconds, 1e-9)}
+        if val is not None:
+            scores = strategy_scores(cfg.method, val)
+            record.update(val=val, val_strategy=scores)
+        if val is not None and scores[headline_strategy(cfg.method)] > best["score"]:
+            score = scores[headline_strategy(cfg.method)]
             best = {"score": score, "epoch": epoch, "val": val}
             if run is not None:
                 save_checkpoint(run.best_checkpoint, {"epoch": epoch, "config": cfg.to_dict(),
@@ -347,7 +477,14 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         net.load_state_dict(best_state)
     if world is not None:
         world.broadcast_module(net)
-    test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world)
+    bar = progress_for(cfg, data.test.num_batches(eval_batch), "test")
+    if main and bar.mode == "lines":
+        log(f"testing the best-validation model (epoch {best['epoch']}) on {len(data.test)} images")
+    try:
+        test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world,
+                        progress=bar)
+    finally:
+        bar.close()
     if not main:
         return {"rank": world.rank}
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
@@ -378,8 +515,13 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
 
 
 def format_epoch(cfg: TrainConfig, r: dict) -> str:
+    head = f"epoch {r['epoch']:>3}/{cfg.epochs}  {r['seconds']:6.1f}s  {r['images_per_second']:7.0f} img/s  "
+    if "val_strategy" not in r:
+        loss = r["train"].get("loss", r["train"].get("head_loss"))
+        return head + f"(not validated: --val-every {cfg.val_every})" + \
+            (f"  train loss {loss:.4f}" if isinstance(loss, float) else "")
     s = r["val_strategy"]
-    head = f"epoch {r['epoch']:>3}/{cfg.epochs}  {r['seconds']:6.1f}s  {r['images_per_second']:7.0f} img/s  val "
+    head += "val "
     if cfg.method == "bp":
         return head + f"last {s['last']:.2f}%  train loss {r['train']['loss']:.4f}"
     blocks = " ".join(f"{a:.1f}" for a in r["val"]["block_acc"])
