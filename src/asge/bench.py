@@ -432,8 +432,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise AsgeError(f"--{name.replace('_', '-')} must be positive")
     device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .run import make_directory
+    out = make_directory(args.out, "bench directory (--out)", AsgeError)
     results = []
     for width in args.width:
         options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,

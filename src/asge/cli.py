@@ -328,7 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     from .evaluate import format_eval
     results = evaluate_run(args.run_dir, strategy=args.strategy, device=args.device, data_root=args.data_root,
-                           batch_size=args.batch_size, per_class=True)
+                           batch_size=args.batch_size, per_class=True, progress=args.progress)
     print(format_eval(results, per_class=args.per_class))
     return 0
 
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", help="read the dataset here instead of the run's data root")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: 256)")
     p.add_argument("--per-class", action="store_true", help="also the test accuracy of each class, by name")
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "none"),
+                   help="auto (default): a bar on a terminal, lines otherwise (on stderr)")
     p.set_defaults(func=cmd_eval)
     for name, (module, help_text) in EXTRA_COMMANDS.items():
         if importlib.util.find_spec(module) is None:
@@ -404,6 +406,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return e.exit_code
         except (AsgeError, ValueError) as e:
             report_error(e, args.command)
+            return 2
+        except OSError as e:        # a file system refusal no check above foresaw: still one line
+            where = f" ({e.filename})" if e.filename else ""
+            report_error(AsgeError(f"{e.strerror or e}{where}"), args.command)
             return 2
         except KeyboardInterrupt:
             print("asge: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

@@ -130,6 +130,17 @@ def max_difference(net: ASGENet, path: Path, fmt: str, strategy: str, example: t
     return float((got - want).abs().max())
 
 
+def check_output_file(path: Path) -> None:
+    """Refuse, in one line and before any work, an output file that cannot be written where it is asked."""
+    from .run import file_in_the_way
+    path = Path(path)
+    if path.is_dir():
+        raise AsgeError(f"--out {path} is a directory: give the name of the file to write in it")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise AsgeError(f"cannot write {path}: {blocker} is a file, not a directory")
+
+
 def export_model(net: ASGENet, path, fmt: str, strategy: str) -> dict:
     """Write ``net`` (from :func:`asge.load`) to ``path`` as ``fmt`` for ``strategy``, and the model card
     ``path.md``. The network is moved to the CPU. Returns {"file", "card", "max_difference"}."""
@@ -236,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     strategy = check_run_strategy(net.config.method, args.strategy)
     base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = Path(args.out) if args.out else base / "export" / f"model-{strategy}{FORMATS[args.format]}"
+    check_output_file(out)
     result = export_model(net, out, args.format, strategy)
     print(f"wrote {result['file']} ({args.format}, strategy {strategy}) and its model card {result['card']}")
     diff = result["max_difference"]

@@ -61,6 +61,23 @@ def _read_holder(fd: int) -> Optional[dict]:
     return holder if isinstance(holder, dict) else None
 
 
+def check_not_locked(directory: str | os.PathLike) -> None:
+    """RunLockedError (naming the holder) if a live process holds ``directory``'s lock; creates nothing."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunLockedError(f"{directory} is in use by {describe_holder(_read_holder(fd))}: one run per "
+                                 "directory; wait for it to end, stop it, or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """Exclusive lock on ``directory`` (created if missing); ``log`` hears about taken-over stale locks."""
 
@@ -72,11 +89,9 @@ class RunLock:
         self.created_directory = False
 
     def acquire(self) -> "RunLock":
+        from .run import make_directory
         created = not self.directory.exists()
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AsgeError(f"cannot create the run directory {self.directory}: {e.strerror or e}") from None
+        make_directory(self.directory, "run directory", AsgeError)
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -23,6 +23,29 @@ from .errors import CheckpointError, RunDirError
 CHECKPOINT_FORMAT = "asge-checkpoint-1"
 
 
+def file_in_the_way(path: Path) -> Optional[Path]:
+    """The first of ``path`` and its parents that exists but is not a directory (None: the path can be a
+    directory)."""
+    path = Path(path)
+    for p in reversed([path, *path.parents]):
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def make_directory(path, what: str = "output directory", error=RunDirError) -> Path:
+    """Create directory ``path`` and its parents, or raise ``error``, one line, naming what is in the way."""
+    path = Path(path)
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise error(f"cannot use {path} as the {what}: {blocker} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create the {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where the system says it (Linux), else set and reset."""
     try:

@@ -70,21 +70,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+#: Runs with more classes record no confusion matrix in summary.json (it would dwarf the rest).
+CONFUSION_MAX_CLASSES = 100
+
+
 @torch.no_grad()
 def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
              channels_last: bool = False, world=None, progress: Optional[Progress] = None,
-             should_stop: Optional[Callable[[], int]] = None) -> dict:
+             should_stop: Optional[Callable[[], int]] = None, confusion: bool = False) -> dict:
     """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads.
 
     With a data-parallel ``world``, every rank evaluates its share of each batch and the sums are reduced:
     every rank gets the whole split's numbers (each rank must call this at the same point).
     ``progress`` shows the batches done; ``should_stop()`` (a signal number, 0: go on; a collective in
-    data-parallel runs) is asked after every batch, and a nonzero answer raises :class:`EvaluationStopped`."""
+    data-parallel runs) is asked after every batch, and a nonzero answer raises :class:`EvaluationStopped`.
+    ``confusion``: also ``confusion``, int64 (L + 2, N, N) counts (rows = true class) of every output,
+    blocks then Fusion and Last, for up to :data:`CONFUSION_MAX_CLASSES` classes."""
     net.eval()
     L = len(net.blocks)
     correct = torch.zeros(L + 2, dtype=torch.long, device=device)
     loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
     n = 0
+    N = net.num_classes
+    confusion = confusion and N <= CONFUSION_MAX_CLASSES
+    counts = torch.zeros((L + 2) * N * N, dtype=torch.long, device=device) if confusion else None
     for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
         if should_stop is not None:
             signum = should_stop()
@@ -103,18 +112,27 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
         scores = torch.stack([s.float() for s in logits])                       # (L + 2, B, N)
         ce = F.cross_entropy(scores.flatten(0, 1), y.repeat(L + 2), reduction="none")
         loss += ce.view(L + 2, -1).sum(1).double()
-        correct += (scores.argmax(-1) == y).sum(1)
+        pred = scores.argmax(-1)                                               # (L + 2, B)
+        correct += (pred == y).sum(1)
+        if counts is not None:
+            offset = torch.arange(L + 2, device=device).unsqueeze(1) * (N * N)
+            counts += torch.bincount((offset + y * N + pred).flatten(), minlength=(L + 2) * N * N)
         n += y.shape[0]
         if progress is not None and progress.wants(i):
             progress.update(i, f"{min((i + 1) * batch_size, len(split))}/{len(split)} images")
     if world is not None:
         world.all_reduce_(correct)
         world.all_reduce_(loss)
+        if counts is not None:
+            world.all_reduce_(counts)
         n = int(world.all_reduce_(torch.tensor([float(n)], device=device)).item())
     acc = (100.0 * correct.double() / max(n, 1)).tolist()
     loss = (loss / max(n, 1)).tolist()
-    return {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
-            "fusion_loss": loss[L], "last_loss": loss[L + 1]}
+    out = {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
+           "fusion_loss": loss[L], "last_loss": loss[L + 1]}
+    if counts is not None:
+        out["confusion"] = counts.view(L + 2, N, N).cpu()
+    return out
 
 
 def headline_strategy(method: str) -> str:
@@ -139,10 +157,10 @@ class Progress:
 
     AUTO_SECONDS = 30.0
 
-    def __init__(self, mode: str, total: int, desc: str, interval: tuple = ("auto", 0.0)):
+    def __init__(self, mode: str, total: int, desc: str, interval: tuple = ("auto", 0.0), file=None):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode, self.total, self.desc = mode, total, desc
+        self.mode, self.total, self.desc, self.file = mode, total, desc, file
         self.kind, value = interval
         if self.kind == "steps":
             self.every = max(1, int(value))
@@ -174,7 +192,7 @@ class Progress:
             self.bar.n = step + 1
             self.bar.set_postfix_str(text)
         else:
-            print(f"  {self.desc} step {step + 1}/{self.total}  {text}", flush=True)
+            print(f"  {self.desc} step {step + 1}/{self.total}  {text}", flush=True, file=self.file or sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -226,13 +244,20 @@ def check_resume(cfg: TrainConfig, resume: bool) -> Optional[dict]:
     if not run.path.is_dir():
         raise AsgeError(f"{run.path} does not exist: there is no run to resume (without --resume a new run "
                         "starts there)")
-    if run.summary_file.is_file():
+    from ..lock import check_not_locked
+    check_not_locked(run.path)            # a run in progress there: say who holds it
+    if run.summary_file.is_file() and run.checkpoint_exists():
         try:
             summary = json.loads(run.summary_file.read_text())
         except (OSError, ValueError, UnicodeDecodeError) as e:
             raise AsgeError(f"{run.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
         if not isinstance(summary, dict):
             raise AsgeError(f"{run.summary_file} is damaged (not a JSON object)")
+        ckpt = load_checkpoint(run.last_checkpoint)        # damaged or foreign: said here
+        diff = cfg.resolved().differences(TrainConfig.from_dict(ckpt["config"]))
+        if diff:
+            raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
+                                  f"checkpoint's in {diff}")
         return summary
     if not run.checkpoint_exists():
         raise AsgeError(f"{run.path} holds no run to resume (no {run.last_checkpoint.relative_to(run.path)}); "
@@ -245,7 +270,8 @@ def finished_message(out, summary: dict) -> str:
     acc = summary.get("test_accuracy") or {}
     head = summary.get("headline") or next(iter(acc), None)
     what = f", test accuracy {head} {acc[head]:.2f}%" if head in acc else ""
-    return f"{out} is a finished run ({summary.get('epochs', '?')} epochs{what}): nothing to resume"
+    epochs = summary.get("epochs", "?")
+    return f"{out} is a finished run ({epochs} epoch{'' if epochs == 1 else 's'}{what}): nothing to resume"
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
@@ -482,7 +508,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         log(f"testing the best-validation model (epoch {best['epoch']}) on {len(data.test)} images")
     try:
         test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world,
-                        progress=bar)
+                        progress=bar, confusion=True)
     finally:
         bar.close()
     if not main:
@@ -503,6 +529,10 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     else:
         summary.update(block_test_accuracy=[], best_block=None,
                        parameters={"blocks": counts["blocks"], "last": counts["last"]})
+    if "confusion" in test:               # rows = true class, columns = predicted, on the test split
+        L = len(net.blocks)
+        rows = {"fusion": L, "last": L + 1, "best": (summary.get("best_block") or 0) - 1}
+        summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
     summary.update(train_seconds=train_seconds, images_per_second=images / max(train_seconds, 1e-9),
                    device=str(device), torch=torch.__version__)
     if run is not None:
