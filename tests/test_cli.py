@@ -15,7 +15,11 @@ def test_train_and_eval_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "2", "--out", str(out), "--seed", "3", *SMALL]) == 0
     text = capsys.readouterr().out
-    assert "test accuracy per block: 1:" in text and "fusion" in text and "best block l* =" in text
+    rows = {line.split("  ")[1].strip(): line for line in text.splitlines() if line.startswith("  ")
+            and "  " in line[2:]}
+    assert {"headline", "strategies", "per block", "l*", "parameters", "seconds", "recipe", "method"} <= set(rows)
+    assert "1: " in rows["per block"] and "fusion" in rows["strategies"] and "block " in rows["l*"]
+    assert "{'" not in text and "2 epochs" in rows["headline"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["seed"] == 3
     assert main(["eval", str(out), "--strategy", "best"]) == 0

@@ -90,8 +90,9 @@ def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
     """The README's data-parallel command with default options (progress auto, device auto) for 2 processes;
     then the same command stopped by SIGTERM (what a scheduler sends torchrun) in the middle of an epoch and
     resumed: every rank stopped at the same step, and the result is bitwise the uninterrupted run's."""
-    full = torchrun(*README_ARGS, "--out", str(tmp_path / "full"))
-    cut = torchrun(*README_ARGS, "--out", str(tmp_path / "cut"))
+    # --log-interval 17: a progress line every quarter epoch (the default, output to a pipe, waits 30 s too)
+    full = torchrun(*README_ARGS, "--log-interval", "17", "--out", str(tmp_path / "full"))
+    cut = torchrun(*README_ARGS, "--log-interval", "17", "--out", str(tmp_path / "cut"))
     wait_for_step_line(cut)
     cut.send_signal(signal.SIGTERM)
     _, err = finish(cut)
@@ -103,8 +104,8 @@ def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
 
     out, err = finish(full)
     assert full.returncode == 0, out[-3000:] + err[-3000:]
-    assert "asge: error" not in err and out.count("run directory:") == 1      # rank 0 alone reports
-    assert "step 17/68" in out                                                # default progress: lines
+    assert "asge: error" not in err and out.count("  run directory  ") == 1   # rank 0 alone reports
+    assert "step 17/68" in out                                                # progress: lines
     metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]     # written once, not once per rank
     # Every epoch counts the whole training split (both ranks' shards).
@@ -122,7 +123,7 @@ def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
 
 @pytest.mark.slow
 def test_a_dead_rank_stops_the_others_with_one_line_naming_it(tmp_path):
-    run = torchrun("--epochs", "50", "--batch-size", "16", "--out", str(tmp_path / "run"))
+    run = torchrun("--epochs", "50", "--batch-size", "16", "--log-interval", "17", "--out", str(tmp_path / "run"))
     wait_for_step_line(run)
     victim = rank_pid(run, 1)
     os.kill(victim, signal.SIGKILL)

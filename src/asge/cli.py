@@ -281,20 +281,45 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-def print_summary(s: dict, out: Optional[str]) -> None:
-    print(f"\n{s['method']} on {s['dataset']} ({s['model']}, channels {s['channels']}), "
-          f"{s['epochs']} epochs, best epoch {s['best_epoch']}")
-    if s["block_test_accuracy"]:
-        print("test accuracy per block: " + "  ".join(f"{i + 1}:{a:.2f}%" for i, a in
-                                                       enumerate(s["block_test_accuracy"])))
-    print("test accuracy per strategy: " + "  ".join(f"{k} {v:.2f}%" for k, v in s["test_accuracy"].items()))
+def plural(n, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def summary_rows(s: dict, out: Optional[str] = None) -> list[tuple[str, str]]:
+    """The end-of-run summary as (label, text) rows: headline, strategies, per block, l*, parameters,
+    seconds, recipe, method, model, run directory."""
+    acc = s["test_accuracy"]
+    head = s.get("headline") or ("fusion" if "fusion" in acc else "last")
+    rows = [("headline", f"{acc[head]:.2f}% test accuracy ({head}) after {plural(s['epochs'], 'epoch')}, "
+                         f"the model of epoch {s['best_epoch']} (best validation)"),
+            ("strategies", "   ".join(f"{k} {v:.2f}%" for k, v in acc.items()))]
+    if s.get("block_test_accuracy"):
+        rows.append(("per block", "  ".join(f"{i + 1}: {a:.1f}%" for i, a in enumerate(s["block_test_accuracy"]))))
     if s.get("best_block"):
-        print(f"best block l* = {s['best_block']} (early exit uses {100 * s['best_compute_fraction']:.0f}% "
-              "of the conv compute)")
-    print(f"parameters: {s['parameters']}")
-    print(f"train time {s['train_seconds']:.1f}s, {s['images_per_second']:.0f} images/s on {s['device']}")
+        rows.append(("l*", f"block {s['best_block']} (early exit uses {100 * s['best_compute_fraction']:.0f}% of "
+                           "the conv compute)"))
+    params = s.get("parameters") or {}
+    rows.append(("parameters", "   ".join(f"{k} {v:,}" for k, v in params.items() if isinstance(v, int) and v)))
+    rows.append(("seconds", f"{s['train_seconds']:.1f} training, {s['images_per_second']:,.0f} images/s on "
+                            f"{s.get('device_name') or s['device']}"))
+    rows.append(("recipe", str(s.get("recipe", "paper"))))
+    rows.append(("method", s["method"] + (" (local losses: no gradient crosses a block)" if s["method"] == "asge"
+                                          else " (backprop through the same blocks)")))
+    channels = ", ".join(str(c) for c in s.get("channels") or [])
+    rows.append(("model", f"{s['model']} preset on {s['dataset']}" + (f", channels {channels}" if channels else "")
+                 + (f", {s['subset']:,} training images" if s.get("subset") else "")))
     if out:
-        print(f"run directory: {out}")
+        rows.append(("run directory", str(out)))
+    return rows
+
+
+def print_summary(s: dict, out: Optional[str]) -> None:
+    rows = summary_rows(s, out)
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

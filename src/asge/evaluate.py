@@ -27,14 +27,42 @@ def class_counts(net, split, strategy: str, batch_size: int, device) -> tuple[to
     return correct, total
 
 
+@torch.no_grad()
+def confusion_matrices(net, split, strategies, batch_size: int, device, progress=None) -> dict:
+    """{strategy: int64 (N, N) confusion matrix, rows = true class, columns = predicted} of ``net`` on
+    ``split``, every strategy from one pass over the split (Best: block l*'s a_l, as its early exit
+    computes it). ``progress`` (:class:`~asge.train.loop.Progress`) shows the batches done."""
+    net.eval()
+    n = net.num_classes
+    out = {s: torch.zeros(n * n, dtype=torch.long, device=device) for s in strategies}
+    l_star = int(net.best_block) if "best" in strategies else 0
+    if "best" in strategies and l_star < 1:
+        raise RuntimeError("the best block has not been chosen yet")
+    seen = 0
+    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
+        if set(strategies) == {"best"}:
+            ys, feats = net.forward_features(x, upto=l_star)
+        else:
+            ys, feats = net.forward_features(x)
+        for s in strategies:
+            scores = (net.blocks[l_star - 1].local_logits(ys[l_star - 1]) if s == "best"
+                      else net.heads.fusion_logits(feats) if s == "fusion" else net.heads.last_logits(feats))
+            out[s] += torch.bincount(y * n + scores.argmax(1), minlength=n * n)
+        seen += y.shape[0]
+        if progress is not None and progress.wants(i):
+            progress.update(i, f"{seen}/{len(split)} images")
+    return {s: m.view(n, n) for s, m in out.items()}
+
+
 def percent(correct, total) -> float:
     return 100.0 * int(correct) / max(int(total), 1)
 
 
 def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data_root: Optional[str] = None,
-                 batch_size: int = 256, per_class: bool = False) -> dict:
+                 batch_size: int = 256, per_class: bool = False, progress: str = "none") -> dict:
     """Test accuracy (percent) per strategy of a run's best checkpoint, and ``best_block``; with ``per_class``
-    also ``classes`` (names) and ``per_class`` ({strategy: accuracy of each class})."""
+    also ``classes`` (names), ``per_class`` ({strategy: accuracy of each class}) and ``confusion``
+    ({strategy: N x N counts, rows = true class}). ``progress``: auto, bar, lines or none (on stderr)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if data_root:
@@ -46,7 +74,14 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     data = load_run_data(cfg, dev, subset=None, download=False)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
-    counts = {s: class_counts(net, data.test, s, batch_size, dev) for s in strategies}
+    from .train.loop import Progress
+    import sys
+    bar = Progress(progress, data.test.num_batches(batch_size), "test", file=sys.stderr)
+    try:
+        confusion = confusion_matrices(net, data.test, strategies, batch_size, dev, progress=bar)
+    finally:
+        bar.close()
+    counts = {s: (m.diagonal(), m.sum(1)) for s, m in confusion.items()}
     out = {s: percent(c.sum(), t.sum()) for s, (c, t) in counts.items()}
     if "best" in strategies:
         out["best_block"] = int(net.best_block)
@@ -54,6 +89,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
         out["classes"] = list(data.info.classes) or [str(i) for i in range(net.num_classes)]
         out["per_class"] = {s: [percent(ci, ti) for ci, ti in zip(c.tolist(), t.tolist())]
                             for s, (c, t) in counts.items()}
+        out["confusion"] = {s: m.tolist() for s, m in confusion.items()}
     return out
 
 

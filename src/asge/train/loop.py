@@ -151,13 +151,15 @@ class Progress:
     """A tqdm bar on a terminal, plain lines otherwise (or nothing).
 
     ``interval`` (:func:`~asge.config.parse_log_interval`): ("steps", N) a line every N steps, ("seconds",
-    S) a line every S seconds, ("auto", 0) a line when both :data:`AUTO_SECONDS` and a quarter of the
-    ``total`` steps have passed since the last one (a short epoch prints none; its epoch line says it all).
-    A bar is redrawn every twentieth of ``total`` (or every N steps)."""
+    S) a line every S seconds, ("auto", 0) a line every quarter of the ``total`` steps, and with ``mode``
+    auto (output to a file or pipe) only once :data:`AUTO_SECONDS` have passed since the last line too (a
+    short epoch prints none: its epoch line says it all). A bar is redrawn every twentieth of ``total`` (or
+    every N steps)."""
 
     AUTO_SECONDS = 30.0
 
     def __init__(self, mode: str, total: int, desc: str, interval: tuple = ("auto", 0.0), file=None):
+        self.patient = mode == "auto"           # chosen for the user: lines only every AUTO_SECONDS or more
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.total, self.desc, self.file = mode, total, desc, file
@@ -181,8 +183,11 @@ class Progress:
             return (step + 1) % self.every == 0 or step + 1 == self.total
         if self.kind == "steps":
             return (step + 1) % self.every == 0
-        waited = time.monotonic() - self.last_time >= self.seconds
-        return waited if self.kind == "seconds" else waited and step - self.last_step >= self.every
+        if self.kind == "seconds":
+            return time.monotonic() - self.last_time >= self.seconds
+        if not self.patient:                    # --progress lines: every quarter epoch, as asked
+            return (step + 1) % self.every == 0 or step + 1 == self.total
+        return step - self.last_step >= self.every and time.monotonic() - self.last_time >= self.seconds
 
     def update(self, step: int, stats) -> None:
         """Show step ``step``: ``stats`` is a training step's {loss, acc} or a text."""
@@ -230,11 +235,12 @@ def split_subset(split, n: Optional[int], seed: int = 42):
     raise AsgeError(f"val_subset: cannot take a subset of a {type(split).__name__}")
 
 
-def check_resume(cfg: TrainConfig, resume: bool) -> Optional[dict]:
+def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Optional[dict]:
     """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
     to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
-    says so and stops); an AsgeError, one line, when there is no run to resume."""
-    if not resume:
+    says so and stops); an AsgeError, one line, when there is no run to resume (``require_run``, the
+    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there)."""
+    if not resume or (not require_run and not (cfg.out and RunDir(cfg.out).checkpoint_exists())):
         return None
     if not cfg.out:
         raise AsgeError("--resume needs --out: the run directory to continue")
@@ -281,7 +287,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
 
     With ``cfg.out`` everything is written to that run directory, which this process locks for the whole
     run (:mod:`asge.lock`: a second process on it stops at once, naming this one). ``resume=True``
-    continues its last checkpoint, written at an epoch's end or in the middle of one.
+    continues its last checkpoint, written at an epoch's end or in the middle of one; a finished run's summary
+    is returned as it is, nothing recomputed or rewritten (:func:`check_resume`).
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
 
     SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point, and raises
@@ -295,9 +302,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     the run directory.
     """
     cfg.validate()
+    from ..layers.context import check_context_options
+    check_context_options(cfg.context, cfg.context_options)   # before the data: one line, naming the keys
     cfg = cfg.resolved()
     main = world is None or world.is_main
-    finished = check_resume(cfg, resume)
+    finished = check_resume(cfg, resume, require_run=False)
     if finished is not None and world is None and method_factory is None:
         log(finished_message(cfg.out, finished))
         return finished
