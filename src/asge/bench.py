@@ -432,6 +432,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise AsgeError(f"--{name.replace('_', '-')} must be positive")
     device = resolve_device(args.device)
+    from .layers.context import check_context_options
+    from .recipes import recipe_defaults
+    check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
+                          dict(args.context_option or []))
     from .run import make_directory
     out = make_directory(args.out, "bench directory (--out)", AsgeError)
     results = []

@@ -59,7 +59,8 @@ class ASGENet(nn.Module):
             blocks.append(ASGEBlock(
                 c_in, c, in_size=size, num_classes=num_classes,
                 partition=partition_factor(c, channels[-1], alpha, size), downsample=bool(down), norm=norm,
-                pool=pool, context=context if use_ctx else "none", context_options=context_options,
+                pool=pool, context=context if use_ctx else "none",
+                context_options=context_options if use_ctx else None,
                 dropout=dropout, goodness=goodness, head_features=head_features, first=(i == 0), generator=generator,
                 device=device, dtype=dtype))
             c_in, size = c, blocks[-1].out_size

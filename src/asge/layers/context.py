@@ -24,10 +24,78 @@ def _adapt_context(factory, name: str):
         check_shape(module, name, "context", shape, shape, device, dtype)
         return module
 
+    build.factory = factory               # read by context_option_keys
     return build
 
 
 CONTEXTS = Registry("context", group="asge.contexts", adapt=_adapt_context)
+
+#: Keywords that asge passes to every context factory that takes them; not the user's options.
+CONVENTIONS = ("feat_size", "device", "dtype")
+
+
+def forwards_options(target, fixed: tuple = ()):
+    """Mark a context factory that passes its ``**kw`` on to ``target`` (a class), setting ``fixed`` itself:
+    :func:`context_option_keys` then lists the target's keywords as the options the factory takes."""
+    def mark(factory):
+        factory.options_target, factory.options_fixed = target, tuple(fixed)
+        return factory
+    return mark
+
+
+def _keywords(fn, skip_first: bool) -> tuple[list, bool]:
+    """(names of ``fn``'s keyword-passable parameters, whether it takes ``**kwargs``); ``skip_first`` leaves
+    out its first positional parameter (the channel count)."""
+    import inspect
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return [], True
+    if skip_first and params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        params = params[1:]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def context_option_keys(name: str):
+    """The option keys context ``name`` takes (``--context-option KEY=VALUE``), sorted; None when it takes
+    any (a module of your own with ``**kwargs``). ``none`` takes none."""
+    name = CONTEXTS.check(name)
+    factory = CONTEXTS[name] if name in CONTEXTS else getattr(CONTEXTS.plugins[name], "factory", None)
+    if name == "none" or factory is None:
+        return [] if name == "none" else None
+    names, any_kw = _keywords(factory, skip_first=True)
+    target = getattr(factory, "options_target", None)
+    if any_kw and target is not None:
+        more, any_kw = _keywords(target, skip_first=True)
+        names += [n for n in more if n not in getattr(factory, "options_fixed", ())]
+    elif any_kw and name in CONTEXTS:
+        any_kw = False                    # a built-in's **kw is the conventions below, nothing more
+    if any_kw:
+        return None
+    return sorted(set(names) - set(CONVENTIONS))
+
+
+def check_context_options(name: str, options) -> None:
+    """A ValueError, one line, unless every key of ``options`` is one that context ``name`` takes: the line
+    names the module, the bad key and the keys it takes."""
+    options = dict(options or {})
+    if not options:
+        return
+    keys = context_option_keys(name)
+    if keys is None:
+        return
+    bad = [k for k in options if k not in keys]
+    if not bad:
+        return
+    given = ", ".join(f"{k}={options[k]}" for k in bad)
+    if not keys:
+        hint = " (choose a context module with --context, e.g. sge)" if name == "none" else ""
+        raise ValueError(f"context {name!r} takes no options, but got {given}{hint}")
+    factory = CONTEXTS[name] if name in CONTEXTS else getattr(CONTEXTS.plugins[name], "factory", None)
+    module = getattr(getattr(factory, "options_target", factory), "__name__", "")
+    what = f"context {name!r}" + (f" ({module})" if module and module != name.rpartition(":")[2] else "")
+    raise ValueError(f"{what} has no option {bad[0]!r} (got {given}); it takes: {', '.join(keys)}")
 
 
 @CONTEXTS.register("none")
@@ -36,8 +104,11 @@ def _none(channels: int, **kw):
 
 
 def create_context(name: str, channels: int, **kwargs) -> nn.Module:
-    """Build a context module by name for a ``channels``-wide feature map."""
+    """Build a context module by name for a ``channels``-wide feature map; options it does not take are
+    refused in one line (:func:`check_context_options`)."""
+    check_context_options(name, {k: v for k, v in kwargs.items() if k not in CONVENTIONS})
     return CONTEXTS.create(name, channels, **kwargs)
 
 
-__all__ = ["CONTEXTS", "create_context"]
+__all__ = ["CONTEXTS", "CONVENTIONS", "create_context", "context_option_keys", "check_context_options",
+           "forwards_options"]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .context import CONTEXTS
+from .context import CONTEXTS, forwards_options
 
 _VARIANTS = ("minus", "theta", "plus")
 _EXTENTS = (0, 2, 4, 8)
@@ -132,16 +132,19 @@ class GatherExcite(nn.Module):
 
 
 @CONTEXTS.register("ge-minus")
+@forwards_options(GatherExcite, fixed=("variant",))
 def _ge_minus(channels: int, **kw):
     return GatherExcite(channels, variant="minus", **kw)
 
 
 @CONTEXTS.register("ge")
+@forwards_options(GatherExcite, fixed=("variant",))
 def _ge(channels: int, **kw):
     return GatherExcite(channels, variant="theta", **kw)
 
 
 @CONTEXTS.register("ge-plus")
+@forwards_options(GatherExcite, fixed=("variant",))
 def _ge_plus(channels: int, **kw):
     return GatherExcite(channels, variant="plus", **kw)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .context import CONTEXTS
+from .context import CONTEXTS, forwards_options
 
 
 def covariance(z: torch.Tensor) -> torch.Tensor:
@@ -112,11 +112,13 @@ class GSoP(nn.Module):
 
 
 @CONTEXTS.register("gsop")
+@forwards_options(GSoP, fixed=("mode",))
 def _gsop(channels: int, dim: int = 128, feat_size=None, **kw):
     return GSoP(channels, dim=dim, mode="channel", **kw)
 
 
 @CONTEXTS.register("gsop-spatial")
+@forwards_options(GSoP, fixed=("mode",))
 def _gsop_spatial(channels: int, dim: int = 128, grid=8, feat_size=None, **kw):
     return GSoP(channels, dim=dim, mode="spatial", grid=grid, **kw)
 

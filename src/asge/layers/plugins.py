@@ -81,7 +81,8 @@ def call_plugin(factory: Callable, name: str, kind: str, args: tuple, convention
     try:
         module = factory(*args, **kwargs, **options)
     except Exception as e:
-        raise ValueError(f"{kind} {name!r} could not be built with {args + tuple(options.items())}: "
+        given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in options.items())])
+        raise ValueError(f"{kind} {name!r} could not be built as {name.rpartition(':')[2]}({given}): "
                          f"{_reason(e)}") from None
     if not isinstance(module, nn.Module):
         raise ValueError(f"{kind} {name!r} returned a {type(module).__name__}, not a torch.nn.Module")

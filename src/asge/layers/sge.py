@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .context import CONTEXTS
+from .context import CONTEXTS, forwards_options
 
 
 class SpatialGroupEnhance(nn.Module):
@@ -57,6 +57,7 @@ class SpatialGroupEnhance(nn.Module):
 
 
 @CONTEXTS.register("sge")
+@forwards_options(SpatialGroupEnhance)
 def _sge(channels: int, groups: int = 64, feat_size=None, **kw):
     """``groups`` is capped at ``channels`` (so ``sge`` works on narrow layers); it must divide them."""
     g = min(groups, channels)
