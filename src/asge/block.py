@@ -2,6 +2,7 @@
 Y -> [pool] -> dropout -> output for the next block."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -52,12 +53,19 @@ def beta_map(conv: nn.Conv2d, beta: torch.Tensor, h: int, w: int) -> torch.Tenso
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or isinstance(pad, str):
         return conv._conv_forward(beta.view(1, -1, 1, 1).expand(1, -1, h, w), conv.weight, None)
     taps = (conv.weight * beta.view(1, -1, 1, 1)).sum(1)                       # (C_out, k, k)
+    rows = tap_rows(h, k[0], pad[0], taps.device, taps.dtype)
+    cols = tap_rows(w, k[1], pad[1], taps.device, taps.dtype)
+    return (rows @ taps @ cols.T).unsqueeze(0)
 
-    def inside(n: int, k: int, p: int) -> torch.Tensor:                        # (outputs, k)
-        pos = torch.arange(n + 2 * p - k + 1, device=beta.device)[:, None] + torch.arange(k, device=beta.device) - p
-        return ((pos >= 0) & (pos < n)).to(taps.dtype)
 
-    return (inside(h, k[0], pad[0]) @ taps @ inside(w, k[1], pad[1]).T).unsqueeze(0)
+@functools.lru_cache(maxsize=256)
+def tap_rows(n: int, k: int, p: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The constant 0/1 matrix R (n + 2p - k + 1, k) of :func:`beta_map`: ``R[y, t] = 1`` where tap t of
+    output row y falls inside a map of side n. Built once per (n, k, p, device, dtype) and kept: no kernel
+    launches in the step (and one fixed address, as a CUDA graph needs)."""
+    with torch.inference_mode(False), torch.no_grad():
+        pos = torch.arange(n + 2 * p - k + 1, device=device)[:, None] + torch.arange(k, device=device) - p
+        return ((pos >= 0) & (pos < n)).to(dtype)
 
 
 class ASGEBlock(nn.Module):
@@ -123,12 +131,16 @@ class ASGEBlock(nn.Module):
             z = self.conv(self.norm(x))
         return self.context(F.relu(z))
 
-    def transmit(self, y: torch.Tensor, y_square: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def transmit(self, y: torch.Tensor, y_square: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """What flows on to the next block: dropout(pool(Y)). ``y_square``: Y**2 when already computed
-        (:meth:`fused_local_forward`), which RMS pooling of a float32 Y then reuses (same values)."""
+        (:meth:`fused_local_forward`), which RMS pooling of a float32 Y then reuses (same values).
+        ``generator``: draws the dropout mask (None: the global RNG)."""
         if y_square is not None and isinstance(self.pool, RMSPool2d) and y.dtype == torch.float32:
-            return self.dropout(self.pool(y, square=y_square))
-        return self.dropout(self.pool(y))
+            pooled = self.pool(y, square=y_square)
+        else:
+            pooled = self.pool(y)
+        return self.dropout(pooled) if generator is None else self.dropout(pooled, generator=generator)
 
     @property
     def fusable(self) -> bool:

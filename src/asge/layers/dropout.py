@@ -55,12 +55,12 @@ def dropout16(x: torch.Tensor, p: float, training: bool = True,
 
 class Dropout16(nn.Dropout):
     """``nn.Dropout`` (same ``p``, same train/eval behaviour) drawing its mask from 16 random bits per element
-    (:func:`dropout16`). Shapes: any -> same."""
+    (:func:`dropout16`), from ``generator`` when one is given (else the global RNG). Shapes: any -> same."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if self.inplace:
             raise ValueError("Dropout16 has no in-place mode")
-        return dropout16(x, self.p, self.training)
+        return dropout16(x, self.p, self.training, generator)
 
 
 __all__ = ["Dropout16", "dropout16", "keep_mask", "drop_levels"]

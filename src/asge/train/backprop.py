@@ -24,7 +24,8 @@ class Backprop:
         self.autocast = autocast_for(cfg, device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.forward = torch.compile(self.logits, dynamic=False) if getattr(cfg, "compile", False) else self.logits
-        self.reset_stats()
+        self.step_now = torch.zeros((), dtype=torch.long, device=device)   # the step, for the statistics
+        self.make_stats()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks end to end, then GAP and the Last head: (B, C, H, W) -> (B, N)."""
@@ -34,6 +35,18 @@ class Backprop:
         return self.net.heads.last(y.float().mean(dim=(2, 3)))
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        """One step on x (B, C, H, W) and labels (B,), in the three parts of ``LocalLearning.train_step``."""
+        self.begin_step(step)
+        self.device_step(x, labels)
+        self.end_step(labels.shape[0])
+
+    def begin_step(self, step: int) -> None:
+        """Host side: write ``step`` into the device tensor the statistics read (dropout draws from the
+        global RNG, whose state checkpoints hold)."""
+        self.step_now.fill_(step)
+
+    def device_step(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Forward, backward, update and statistics: device work only (``graphs.py`` can capture it)."""
         with self.autocast():
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
@@ -49,18 +62,28 @@ class Backprop:
                 self.sync_grads(self.net)
             self.scaler.step(self.opt)
             self.scaler.update()
-        self.sched.step()
         loss = loss.detach()
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step,
-                                          self.first_bad_step)
+        self.first_bad_step.copy_(torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), self.step_now,
+                                              self.first_bad_step))
         self.loss_sum += loss * labels.shape[0]
         self.correct += (logits.detach().argmax(1) == labels).sum()
-        self.seen += labels.shape[0]
 
-    def reset_stats(self) -> None:
+    def end_step(self, batch: int) -> None:
+        """Host side: count the batch, step the schedule (which writes the device lr tensor)."""
+        self.seen += batch
+        self.sched.step()
+
+    def make_stats(self) -> None:
+        """Create the statistics tensors once (:meth:`reset_stats` zeroes them in place: fixed addresses)."""
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.seen = 0
+
+    def reset_stats(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.first_bad_step.fill_(-1)
         self.seen = 0
 
     STATS = ("loss_sum", "correct", "first_bad_step", "seen")

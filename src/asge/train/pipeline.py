@@ -131,6 +131,7 @@ class _Stage(LocalLearning):
         _, feats, losses, correct = self.run_blocks(x, labels, step, self.lo, self.hi, handoff)
         head_correct = self.heads_step(feats_in + feats, labels) if self.last else None
         self.record(losses, correct, labels.shape[0], step, lo=self.lo, head_correct=head_correct)
+        self.end_step(labels.shape[0], heads=self.last)
 
     # -- state exchanged with stage 0 ------------------------------------------------------------------
     def owned_modules(self, rank: int) -> list[torch.nn.Module]:
