@@ -245,14 +245,29 @@ def test_mnist_missing_names_paths_and_layout(tmp_path, monkeypatch):
         load_data("mnist")
 
 
-def test_fashion_missing_lists_debian_path(tmp_path, data_no_debian):
+def test_fashion_missing_lists_debian_path(tmp_path, data_no_debian, monkeypatch):
     (tmp_path / "FashionMNIST" / "raw").mkdir(parents=True)
     data_write_idx(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((2, 28, 28)), True)
     with pytest.raises(DatasetError) as e:
         load_data("fashion-mnist", str(tmp_path))
-    msg = str(e.value)
-    assert str(tmp_path / "FashionMNIST" / "raw") in msg and str(tmp_path / "no-debian") in msg
+    msg = str(e.value)           # a root given is the only place looked in: Debian's path is not a fallback
+    assert str(tmp_path / "FashionMNIST" / "raw") in msg and str(tmp_path / "no-debian") not in msg
     assert "lacks" in msg and "t10k-labels-idx1-ubyte" in msg
+    monkeypatch.chdir(tmp_path / "FashionMNIST")        # no root: ./data, then Debian's path
+    with pytest.raises(DatasetError) as e:
+        load_data("fashion-mnist")
+    assert str(tmp_path / "no-debian") in str(e.value) and "data" in str(e.value)
+
+
+def test_a_data_root_that_does_not_exist_is_refused_not_replaced(tmp_path):
+    with pytest.raises(DatasetError, match=f"the data root {tmp_path / 'nowhere'} does not exist") as e:
+        load_data("fashion-mnist", str(tmp_path / "nowhere"))
+    assert "/usr/share/datasets" not in str(e.value)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DatasetError, match="is not a directory"):
+        load_data("cifar10", str(tmp_path / "afile"))
+    with pytest.raises(DatasetError, match="no IDX files found"):   # exists, lacks the files: not Debian's
+        load_data("fashion-mnist", str(tmp_path))
 
 
 @pytest.mark.parametrize("defect", ["magic", "truncated", "count", "label-range", "bad-gzip"])
@@ -298,8 +313,10 @@ def test_mnist_download_uses_torchvision(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"{DEBIAN} absent (Debian package dataset-fashion-mnist)")
-def test_real_debian_fashion_mnist(tmp_path):
-    data = load_data("fashion-mnist", str(tmp_path / "empty"))  # falls back to the Debian path
+def test_real_debian_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = load_data("fashion-mnist")  # no --data-root and no ./data: falls back to the Debian path
+    assert data.info.root == str(DEBIAN)
     assert (len(data.train), len(data.val), len(data.test)) == (50000, 10000, 10000)
     assert data.info == D.DatasetInfo("fashion-mnist", 10, 1, 32, FASHION_MNIST)
     assert data.train.images.dtype == torch.uint8

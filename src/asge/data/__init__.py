@@ -25,7 +25,7 @@ Layouts read (no network access unless ``download=True``):
 =================  ==============================================================================
 ``digits``          scikit-learn's bundled ``load_digits`` (8x8 grey, 10 classes); no files.
 ``mnist``           IDX files (gzipped or not) in ``<root>/MNIST/raw`` or ``<root>``.
-``fashion-mnist``   IDX files in ``<root>/FashionMNIST/raw``, ``<root>`` or Debian's
+``fashion-mnist``   IDX files in ``<root>/FashionMNIST/raw`` or ``<root>``; without a root, also Debian's
                     ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``).
 ``cifar10``         ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`` (or ``<root>`` itself).
 ``cifar100``        ``<root>/cifar-100-python/{train,test}`` (or ``<root>`` itself).
@@ -38,6 +38,8 @@ The package, one file per concern: ``splits`` (Data, Split, TensorSplit, the fix
 (digits, MNIST, Fashion-MNIST, CIFAR), ``folders`` (ImageFolder, ImageNet: FolderSplit).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -99,6 +101,8 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
         raise DatasetError(f"{key}: test_split applies to imagefolder only ({key} has its own test split)")
     data = _load(key, root, download=download, subset=subset, seed=seed, device=torch.device(device),
                  input_size=input_size, num_workers=num_workers, test_split=test_split)
+    if data.info.root is None and root is not None and key in ("imagefolder", "imagenet"):
+        data.info.root = os.path.abspath(root)           # the directory actually read (summary.json's data)
     if augment == "auto":
         return data
     if isinstance(data.train, TensorSplit):

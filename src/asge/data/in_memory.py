@@ -23,6 +23,13 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 DEFAULT_ROOT = "./data"
 
 
+def root_note(root) -> str:
+    """`` (the data root R does not exist)`` for a root given that is not a directory, else ``""``."""
+    if root is None or Path(root).is_dir():
+        return ""
+    return f" (the data root {root} {'is not a directory' if Path(root).exists() else 'does not exist'})"
+
+
 def _dedupe(paths: Sequence[Path]) -> list[Path]:
     seen, out = set(), []
     for p in paths:
@@ -114,7 +121,7 @@ def load_mnist_like(name: str, root, *, download, subset, seed, device, input_si
     folder = "MNIST" if name == "mnist" else "FashionMNIST"
     base = Path(root) if root is not None else Path(DEFAULT_ROOT)
     candidates = [base / folder / "raw", base]
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and root is None:     # a --data-root given is used or refused, never replaced
         candidates.append(Path(DEBIAN_FASHION_MNIST))
     candidates = _dedupe(candidates)
 
@@ -144,7 +151,8 @@ def load_mnist_like(name: str, root, *, download, subset, seed, device, input_si
     if found is None:
         expected = ", ".join(f"{stem}[.gz]" for stem, _ in _IDX_FILES.values())
         extra = f" ({'; '.join(partial)})" if partial else ""
-        raise DatasetError(f"{name}: no IDX files found; looked in {', '.join(map(str, candidates))}{extra}; "
+        raise DatasetError(f"{name}: no IDX files found; looked in {', '.join(map(str, candidates))}{extra}"
+                           f"{root_note(root)}; "
                            f"expected {expected}; pass --data-root or --download")
 
     arrays = {role: read_idx(path, _IDX_FILES[role][1]) for role, path in found.items()}
@@ -162,9 +170,11 @@ def load_mnist_like(name: str, root, *, download, subset, seed, device, input_si
     ty = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     ey = torch.from_numpy(arrays["test_labels"].astype(np.int64))
     n_val = tx.shape[0] // 6  # 10000 of the official 60000
-    return _in_memory(name, tx, ty, ex, ey, n_val, num_classes=10,
+    data = _in_memory(name, tx, ty, ex, ey, n_val, num_classes=10,
                       augmentation="hflip" if name == "fashion-mnist" else "none",
                       subset=subset, seed=seed, device=device)
+    data.info.root = os.path.abspath(found["train_images"].parent)     # the directory actually read
+    return data
 
 
 def load_cifar(name: str, root, *, download, subset, seed, device, input_size) -> Data:
@@ -196,7 +206,8 @@ def load_cifar(name: str, root, *, download, subset, seed, device, input_size) -
             raise DatasetError(f"{name}: download into {base / folder} failed: {e}") from e
         directory = search()
     if directory is None:
-        raise DatasetError(f"{name}: no CIFAR python batches found; looked in {', '.join(map(str, candidates))}; "
+        raise DatasetError(f"{name}: no CIFAR python batches found; looked in {', '.join(map(str, candidates))}"
+                           f"{root_note(root)}; "
                            f"expected {folder}/{{{','.join(wanted)}}} (torchvision's layout); "
                            f"pass --data-root or --download")
 
@@ -213,5 +224,7 @@ def load_cifar(name: str, root, *, download, subset, seed, device, input_size) -
     ex, ey = read(test_files)
     size = check_size(input_size, 32)
     tx, ex = resize_uint8(tx, size), resize_uint8(ex, size)
-    return _in_memory(name, tx, ty, ex, ey, tx.shape[0] // 10, num_classes=ncls, augmentation="cifar",
+    data = _in_memory(name, tx, ty, ex, ey, tx.shape[0] // 10, num_classes=ncls, augmentation="cifar",
                       subset=subset, seed=seed, device=device)
+    data.info.root = os.path.abspath(directory)                          # the directory actually read
+    return data

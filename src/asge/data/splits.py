@@ -7,8 +7,8 @@ draw live here too, shared by both kinds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
 
@@ -30,6 +30,7 @@ class DatasetInfo:
 
     ``image_size`` is the side S of the square (C, S, S) images the splits yield. ``classes`` holds the
     class names, index -> name (:mod:`asge.data.classes`; ImageFolder/ImageNet: the folder names).
+    ``root`` is the directory the files were actually read from (None: no files, digits).
     """
 
     name: str
@@ -37,16 +38,18 @@ class DatasetInfo:
     in_channels: int
     image_size: int
     classes: tuple[str, ...] = ()
+    root: Optional[str] = field(default=None, compare=False)    # where, not what: not compared
 
     def to_dict(self) -> dict:
         """Plain data (JSON, checkpoints): what a run records of its dataset."""
         return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "classes": list(self.classes)}
+                "image_size": self.image_size, "classes": list(self.classes), "root": self.root}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
+        root = d.get("root")
         return cls(str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), int(d["image_size"]),
-                   tuple(d.get("classes") or ()))
+                   tuple(d.get("classes") or ()), None if root is None else str(root))
 
 
 def rms_normalize(x: torch.Tensor, eps: float = _RMS_EPS) -> torch.Tensor:
