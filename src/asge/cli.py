@@ -353,7 +353,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     from .evaluate import format_eval
     results = evaluate_run(args.run_dir, strategy=args.strategy, device=args.device, data_root=args.data_root,
-                           batch_size=args.batch_size, per_class=True, progress=args.progress)
+                           batch_size=args.batch_size, per_class=True, progress=args.progress,
+                           log=lambda note: print(f"asge eval: note: {note}", file=sys.stderr, flush=True))
     print(format_eval(results, per_class=args.per_class))
     return 0
 

@@ -3,13 +3,14 @@ per class, named)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from .errors import RunDirError
 from .heads import STRATEGIES
-from .inference import check_run_strategy
-from .run import RunDir, load_checkpoint, load_model_state
+from .inference import check_run_strategy, open_best_checkpoint
+from .run import RunDir, load_model_state
 from .train.loop import build_model, load_run_data, resolve_device
 
 
@@ -59,10 +60,13 @@ def percent(correct, total) -> float:
 
 
 def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data_root: Optional[str] = None,
-                 batch_size: int = 256, per_class: bool = False, progress: str = "none") -> dict:
+                 batch_size: int = 256, per_class: bool = False, progress: str = "none",
+                 log: Optional[Callable[[str], None]] = None) -> dict:
     """Test accuracy (percent) per strategy of a run's best checkpoint, and ``best_block``; with ``per_class``
     also ``classes`` (names), ``per_class`` ({strategy: accuracy of each class}) and ``confusion``
-    ({strategy: N x N counts, rows = true class}). ``progress``: auto, bar, lines or none (on stderr)."""
+    ({strategy: N x N counts, rows = true class}). ``progress``: auto, bar, lines or none (on stderr).
+    A run that has not finished is tested from its best-validation checkpoint with l* chosen on validation
+    (:func:`asge.inference.open_best_checkpoint`); ``log`` hears that, before any work."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if data_root:
@@ -70,7 +74,14 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     strategies = (["last"] if cfg.method == "bp" else list(STRATEGIES)) if strategy == "all" \
         else [check_run_strategy(cfg.method, strategy)]
     dev = resolve_device(device)
-    ckpt = load_checkpoint(run.best_checkpoint)
+    ckpt, note = open_best_checkpoint(run, cfg)
+    if note and log is not None:
+        log(note)
+    if "best" in strategies and cfg.method == "asge" and int(ckpt["model"].get("best_block", 0)) < 1:
+        if strategy != "all":
+            raise RunDirError(f"{run.path}: strategy best needs the best block l*, which the run does not "
+                              "record yet; use --strategy fusion or last")
+        strategies = [s for s in strategies if s != "best"]
     data = load_run_data(cfg, dev, subset=None, download=False)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)

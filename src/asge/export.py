@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 from . import __version__
 from .data import rms_normalize
 from .errors import AsgeError
-from .inference import SAFETENSORS_FORMAT, check_run_strategy, load
+from .inference import SAFETENSORS_FORMAT, check_run_strategy, check_strategy_available, load
 from .model import ASGENet
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -244,7 +245,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     net = load(args.run)
-    strategy = check_run_strategy(net.config.method, args.strategy)
+    if net.load_note:
+        print(f"asge export: note: {net.load_note}", file=sys.stderr, flush=True)
+    strategy = check_strategy_available(net, check_run_strategy(net.config.method, args.strategy))
     base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = Path(args.out) if args.out else base / "export" / f"model-{strategy}{FORMATS[args.format]}"
     check_output_file(out)

@@ -70,20 +70,88 @@ def prepare(net: ASGENet, cfg: TrainConfig, info: DatasetInfo, summary: dict) ->
         tuple(str(i) for i in range(info.num_classes))
     net.preprocessing = Preprocessing.for_dataset(info.name, info.image_size, info.in_channels)
     net.config, net.summary, net.data_info = cfg, summary, info
+    net.load_note = None
     return net
 
 
+def validation_best_block(run: RunDir, epoch: int) -> Optional[int]:
+    """l* as training chooses it when it ends (the block with the best validation accuracy at the
+    best-validation ``epoch``), from ``metrics.jsonl`` or ``last.pt``; None when neither records that epoch."""
+    acc = next((r["val"]["block_acc"] for r in run.read_metrics()
+                if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("val"), dict) and r["val"].get("block_acc")), None)
+    if acc is None and run.last_checkpoint.is_file():
+        try:
+            best = load_checkpoint(run.last_checkpoint).get("best") or {}
+        except CheckpointError:
+            best = {}
+        if best.get("epoch") == epoch and best.get("val"):
+            acc = best["val"].get("block_acc")
+    if not acc:
+        return None
+    return 1 + max(range(len(acc)), key=lambda i: acc[i])
+
+
+def read_summary_if_any(run: RunDir) -> dict:
+    """``summary.json`` of a run ({} before it finishes); a damaged one is a RunDirError, one line."""
+    if not run.summary_file.is_file():
+        return {}
+    try:
+        summary = json.loads(run.summary_file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{run.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{run.summary_file} is damaged (not a JSON object)")
+    return summary
+
+
+def open_best_checkpoint(run: RunDir, cfg: TrainConfig) -> tuple[dict, Optional[str]]:
+    """(``best.pt``, a note for the user or None) of a run, finished or not, before any work is done.
+
+    A run that has not finished (stopped, or still training) has a best-validation checkpoint once one epoch
+    is done, but no l* yet: it is chosen here on validation, as training would if it ended now, and the
+    note says so. A run with no epoch done has nothing to test: RunDirError, one line."""
+    if not run.best_checkpoint.is_file():
+        if run.last_checkpoint.is_file() or run.metrics_file.is_file():
+            raise RunDirError(f"{run.path} has not finished an epoch yet (no checkpoints/best.pt): there is no "
+                              f"trained network to use; continue it with asge train --out {run.path} --resume")
+        raise RunDirError(f"{run.path} holds no trained network (no checkpoints/best.pt)")
+    ckpt = load_checkpoint(run.best_checkpoint)
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or cfg.method != "asge" or run.summary_file.is_file() \
+            or "best_block" not in state or int(state["best_block"]) >= 1:
+        return ckpt, None
+    epoch = ckpt.get("epoch")
+    l_star = validation_best_block(run, epoch)
+    if l_star is None:
+        return ckpt, (f"{run.path} has not finished and records no validation accuracy per block for its best "
+                      f"epoch {epoch}: strategy best is not available (use fusion or last)")
+    state["best_block"] = torch.tensor(l_star, dtype=state["best_block"].dtype)
+    return ckpt, (f"{run.path} has not finished: using its best-validation checkpoint (epoch {epoch}) with "
+                  f"l* = {l_star}, chosen on validation as training does at its end")
+
+
+def check_strategy_available(net: ASGENet, strategy: str) -> str:
+    """``strategy``, unless it is ``best`` and the network has no l*: then one line saying what works."""
+    if strategy == "best" and int(net.best_block) < 1:
+        raise RunDirError("strategy best needs the best block l*, which this network does not record; "
+                          "use --strategy fusion or last")
+    return strategy
+
+
 def load_run(path: Union[str, Path], device="cpu") -> ASGENet:
-    """The best-validation network of a run directory (``checkpoints/best.pt``)."""
+    """The best-validation network of a run directory (``checkpoints/best.pt``). For a run that has not
+    finished, l* is chosen on validation (:func:`open_best_checkpoint`) and ``net.load_note`` says so."""
     from .train.loop import build_model
     run = RunDir(path)
     cfg = run.read_config()
-    ckpt = load_checkpoint(run.best_checkpoint)
-    summary = json.loads(run.summary_file.read_text()) if run.summary_file.is_file() else {}
+    ckpt, note = open_best_checkpoint(run, cfg)
+    summary = read_summary_if_any(run)
     info = data_info(cfg, ckpt["model"], ckpt.get("data") or summary.get("data"))
     net = build_model(cfg, info)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
-    return prepare(net.to(device), cfg, info, summary)
+    net = prepare(net.to(device), cfg, info, summary)
+    net.load_note = note
+    return net
 
 
 def read_safetensors(path: Union[str, Path]) -> tuple[dict, dict]:
@@ -124,5 +192,5 @@ def load(path: Union[str, Path], device="cpu") -> ASGENet:
     raise RunDirError(f"{p} is neither a run directory nor a .safetensors file written by `asge export`")
 
 
-__all__ = ["load", "load_run", "load_safetensors", "read_safetensors", "data_info", "default_strategy",
+__all__ = ["load", "load_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available", "load_safetensors", "read_safetensors", "data_info", "default_strategy",
            "check_run_strategy", "SAFETENSORS_FORMAT"]

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from .inference import check_run_strategy, load
+from .inference import check_run_strategy, check_strategy_available, load
 from .preprocess import ImageReadError, find_images
 from .train.loop import resolve_device
 
@@ -92,7 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     net = load(args.run, device=resolve_device(args.device))
-    strategy = check_run_strategy(net.config.method, args.strategy)
+    if net.load_note:
+        print(f"asge predict: note: {net.load_note}", file=sys.stderr, flush=True)
+    strategy = check_strategy_available(net, check_run_strategy(net.config.method, args.strategy))
     files, errors = find_images(args.paths)
     write(predict_files(net, files, strategy, args.top_k, args.batch_size, errors), args.format)
     for line in errors:
