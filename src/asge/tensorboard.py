@@ -18,7 +18,9 @@ and, once the run is tested (step = the best-validation epoch, whose model is te
     test/<s>_acc                                  test accuracy of every strategy
     test/block/<l>_acc, test/best_block           per-block test accuracy and l* (ASGE only)
 
-plus a text entry ``summary`` with the summary as a table. Accuracies are percentages.
+plus a text entry ``summary`` with the summary as a table, and an HPARAMS entry: every config key, the
+asge version, git commit and dirty flag, the command line, the data directory read and the device name
+(``hparams_of``), against the test accuracies. Accuracies are percentages.
 
 Backprop runs (``--method bp``) train only the network and its Last head, so their records have
 ``train: {loss, last_acc}`` and only ``last`` among the strategies; the per-block a_l and the fusion
@@ -87,6 +89,22 @@ def summary_scalars(summary: dict) -> dict[str, float]:
     return _finite(items)
 
 
+def hparams_of(config: dict, summary: dict) -> dict:
+    """The run's hyperparameters and provenance as TensorBoard hparams (plain values; lists as text)."""
+    out = {}
+    for key, value in (config or {}).items():
+        if value is None:
+            continue
+        out[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    prov = summary.get("provenance") or {}
+    git = prov.get("git") or {}
+    extra = {"asge_version": prov.get("asge_version"), "git_commit": git.get("commit"),
+             "git_dirty": git.get("dirty"), "command": " ".join(prov.get("command") or []) or None,
+             "data_dir": (prov.get("data") or {}).get("dir"), "device_name": summary.get("device_name")}
+    out.update({f"provenance/{k}": v for k, v in extra.items() if v is not None})
+    return out
+
+
 def summary_markdown(summary: dict) -> str:
     """The summary as a two-column Markdown table (TensorBoard's text tab renders it)."""
     rows = ["| key | value |", "| --- | --- |"]
@@ -130,13 +148,24 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, global_step=epoch)
         self.writer.flush()
 
-    def log_summary(self, summary: dict) -> None:
+    def log_summary(self, summary: dict, config: Optional[dict] = None) -> None:
         """The test accuracies (at the best-validation epoch, whose model was tested) and the summary text."""
         step = int(summary.get("best_epoch") or summary.get("epochs") or 0)
         for tag, value in summary_scalars(summary).items():
             self.writer.add_scalar(tag, value, global_step=step)
         self.writer.add_text("summary", summary_markdown(summary), global_step=step)
+        if config is not None:
+            self.log_hparams(hparams_of(config, summary), summary_scalars(summary))
         self.writer.flush()
+
+    def log_hparams(self, hparams: dict, metrics: dict) -> None:
+        """The HPARAMS tab's entry for this run, in this run's own event file (``add_hparams`` would open a
+        sub-directory for it); its metrics are the ``test/...`` scalars already written."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        exp, start, end = hparams_summary(hparams, metrics)
+        writer = self.writer._get_file_writer()
+        for event in (exp, start, end):
+            writer.add_summary(event)
 
     def close(self) -> None:
         """Flush and close the event file."""

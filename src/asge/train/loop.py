@@ -235,6 +235,70 @@ def split_subset(split, n: Optional[int], seed: int = 42):
     raise AsgeError(f"val_subset: cannot take a subset of a {type(split).__name__}")
 
 
+def extends(cfg: TrainConfig, saved: TrainConfig) -> bool:
+    """True when ``cfg`` asks for more epochs than the run ``saved`` and differs from it in nothing else that
+    shapes the run: ``--resume --epochs N`` then extends it (:func:`rebuild_schedules`)."""
+    import dataclasses
+    return (isinstance(cfg.epochs, int) and isinstance(saved.epochs, int) and cfg.epochs > saved.epochs
+            and not cfg.differences(dataclasses.replace(saved, epochs=cfg.epochs)))
+
+
+def cosine_schedules(method) -> list:
+    """Every cosine schedule a training method holds (blocks', heads', the backprop baseline's)."""
+    from .optim import BlockOptimizer, CosineLR
+    found, stack, seen = [], [method], set()
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, CosineLR):
+            found.append(o)
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif o is method or isinstance(o, BlockOptimizer):
+            stack.extend(vars(o).values())
+    return found
+
+
+def rebuild_schedules(method, total_steps: int) -> int:
+    """Stretch every cosine schedule of ``method`` over ``total_steps`` from the step it is at: each learning
+    rate becomes the closed form's value at (step, total_steps), as if the run had been asked for that
+    length from its start (the per-step updates that follow stay on that curve). Returns the step."""
+    import math
+    step = 0
+    for sched in cosine_schedules(method):
+        step = sched.last_epoch
+        sched.T_max = max(1, total_steps)
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
+        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+        if hasattr(sched.optimizer, "write_lr"):
+            sched.optimizer.write_lr()
+    return step
+
+
+def load_init_weights(net: ASGENet, source: str) -> dict:
+    """``--init-from``: load the model weights of another run (its best checkpoint) or of a checkpoint file
+    into ``net``; returns what was read ({path, epoch, config}). A missing or foreign source: one line."""
+    from pathlib import Path
+    path = Path(source)
+    if path.is_dir():
+        run = RunDir(path)
+        path = run.best_checkpoint if run.best_checkpoint.is_file() else run.last_checkpoint
+        if not path.is_file():
+            raise AsgeError(f"init_from: {source} holds no checkpoint (no checkpoints/best.pt or last.pt)")
+    elif not path.exists():
+        raise AsgeError(f"init_from: {source} does not exist (expected a run directory or a checkpoint .pt)")
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
+        raise CheckpointError(f"init_from: {path} holds no model weights")
+    load_model_state(net, ckpt["model"], path)
+    return {"path": str(path.resolve()), "epoch": ckpt.get("epoch"), "config": ckpt.get("config")}
+
+
 def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Optional[dict]:
     """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
     to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
@@ -260,6 +324,8 @@ def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Op
         if not isinstance(summary, dict):
             raise AsgeError(f"{run.summary_file} is damaged (not a JSON object)")
         ckpt = load_checkpoint(run.last_checkpoint)        # damaged or foreign: said here
+        if extends(cfg.resolved(), TrainConfig.from_dict(ckpt["config"])):
+            return None                   # --epochs beyond the finished run's: fit extends it
         diff = cfg.resolved().differences(TrainConfig.from_dict(ckpt["config"]))
         if diff:
             raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
@@ -321,13 +387,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
 
 
 def last_state(cfg: TrainConfig, net: ASGENet, method, epoch: int, best: dict, train_seconds: float, images: int,
-               partial: Optional[dict] = None) -> dict:
+               partial: Optional[dict] = None, extensions: Optional[list] = None) -> dict:
     """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after ``epoch``
-    (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next."""
+    (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next;
+    ``extensions``: the run's ``--resume --epochs N`` extensions so far."""
     state = {"epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
              "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images}
     if partial is not None:
         state["partial"] = partial
+    if extensions:
+        state["extensions"] = extensions
     return state
 
 
@@ -367,7 +436,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
             raise AsgeError(f"{run.path} already holds a run; pass --resume to continue it, or choose "
                             "another --out")
         ckpt = load_checkpoint(run.last_checkpoint)
-        diff = cfg.differences(TrainConfig.from_dict(ckpt["config"]))
+        saved = TrainConfig.from_dict(ckpt["config"])
+        diff = "" if extends(cfg, saved) else cfg.differences(saved)
         if diff:
             raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
                                   f"checkpoint's in {diff}")
@@ -385,7 +455,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
 
     start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
-    partial = None
+    partial, extensions, init = None, [], None
     if world is not None:                 # every rank starts from the main rank's weights and checkpoint
         ckpt = world.broadcast_object(ckpt)
     if ckpt is not None:
@@ -395,13 +465,37 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         train_seconds, images = ckpt["train_seconds"], ckpt["images"]
         partial = ckpt.get("partial")
+        extensions = list(ckpt.get("extensions") or [])
         if run is not None:
             run.truncate_metrics(ckpt["epoch"])
         log(f"resuming {cfg.out} " + (f"at step {partial['step']}/{steps_per_epoch} of epoch {partial['epoch']}"
                                       if partial else f"after epoch {ckpt['epoch']}") + f"/{cfg.epochs}")
+        saved_epochs = (ckpt.get("config") or {}).get("epochs")
+        if isinstance(saved_epochs, int) and saved_epochs < cfg.epochs:     # --resume --epochs N: extend
+            if cfg.pipeline > 1:
+                raise AsgeError("extending a run (--epochs beyond its own) is not supported with --pipeline; "
+                                "extend it without --pipeline")
+            lr_before = method.lrs()
+            step = rebuild_schedules(method, steps_per_epoch * cfg.epochs)
+            lr_after = method.lrs()
+            extensions.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs, "at_step": step,
+                               "lr_before": lr_before, "lr_after": lr_after})
+            text = lambda lrs: ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())  # noqa: E731
+            log(f"extending {cfg.out} from {saved_epochs} to {cfg.epochs} epochs: the cosine schedule is rebuilt "
+                f"over the new total ({steps_per_epoch * cfg.epochs} steps), so at step {step} the learning "
+                f"rates go from {text(lr_before)} back up to {text(lr_after)}, then decay to {cfg.min_lr:g} by "
+                f"epoch {cfg.epochs} (not the same as a run asked for {cfg.epochs} epochs from the start)")
+            if run is not None:
+                run.create(cfg)           # config.yaml records the new length (a later --resume reads it)
     elif run is not None:
+        if cfg.init_from:
+            init = load_init_weights(net, cfg.init_from)
+            log(f"starting from the model weights of {init['path']} (epoch {init['epoch']}); optimizer and "
+                "schedule are new")
         run.create(cfg)
         run.truncate_metrics(0)
+    if ckpt is None and cfg.init_from and run is None:
+        init = load_init_weights(net, cfg.init_from)
     if world is not None:
         world.broadcast_module(net)
 
@@ -451,7 +545,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                     mid = mid_epoch_point(method, world, epoch, step + 1, seconds_before + time.perf_counter() - t0)
                     if run is not None:
                         save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
-                                                                        train_seconds, images, partial=mid))
+                                                                        train_seconds, images, partial=mid,
+                                                                        extensions=extensions))
                 if signum:
                     if world is not None:
                         world.barrier()   # no rank leaves before the main rank's checkpoint is written
@@ -471,7 +566,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                 mid = mid_epoch_point(method, world, epoch, steps_per_epoch, seconds)
                 if run is not None:
                     save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
-                                                                    train_seconds, images, partial=mid))
+                                                                    train_seconds, images, partial=mid,
+                                                                    extensions=extensions))
                 if world is not None:
                     world.barrier()
                 raise preempted(e.signum, f"while validating epoch {epoch}/{cfg.epochs} (its training is "
@@ -495,7 +591,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                 best_state = copy.deepcopy(net.state_dict())
         if run is not None:
             run.append_metrics(record)
-            save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch, best, train_seconds, images))
+            save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch, best, train_seconds, images,
+                                                            extensions=extensions))
         if board is not None:
             board.log_epoch(epoch, record)
         log(format_epoch(cfg, record))
@@ -542,6 +639,13 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         L = len(net.blocks)
         rows = {"fusion": L, "last": L + 1, "best": (summary.get("best_block") or 0) - 1}
         summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
+    from ..provenance import device_name, provenance
+    summary["device_name"] = device_name(device)
+    summary["provenance"] = provenance(cfg, data, device)
+    if cfg.init_from:
+        summary["init_from"] = {k: v for k, v in (init or {}).items() if k != "config"} or {"path": cfg.init_from}
+    if extensions:
+        summary["extensions"] = extensions
     summary.update(train_seconds=train_seconds, images_per_second=images / max(train_seconds, 1e-9),
                    device=str(device), torch=torch.__version__)
     if run is not None:
@@ -549,7 +653,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                                               "data": data.info.to_dict(), "model": net.state_dict()})
         run.write_summary(summary)
     if board is not None:
-        board.log_summary(summary)
+        board.log_summary(summary, cfg.to_dict())
     return summary
 
 
