@@ -133,6 +133,23 @@ def unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
+def check_distinct_runs(run_dirs: Sequence[str | Path]) -> None:
+    """A ValueError, one line, when one run directory is given twice (under any spelling of its path)."""
+    seen: dict[Path, str] = {}
+    for p in run_dirs:
+        key = Path(p).resolve()
+        if key in seen:
+            same = f" (as {seen[key]} and {p})" if str(seen[key]) != str(p) else ""
+            raise ValueError(f"the run {p} is given twice{same}: give each run once")
+        seen[key] = str(p)
+
+
+def report_files(out: Path) -> list[Path]:
+    """The files of a report in ``out`` that exist now (what writing a report there would replace)."""
+    names = ["report.md", "report.html", *(f"{key}.png" for key in PLOT_TITLES)]
+    return [out / n for n in names if (out / n).exists()]
+
+
 def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
     """``RUN/report`` for one run, ``./report`` for several."""
     return Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else Path("report")
@@ -526,6 +543,7 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
         raise ValueError("make_report needs at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} label(s) for {len(run_dirs)} run(s): give one label per run")
+    check_distinct_runs(run_dirs)
     names = list(labels) if labels is not None else [Path(p).resolve().name for p in run_dirs]
     runs = [load_run(p, label) for p, label in zip(run_dirs, unique_labels(names))]
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
@@ -564,16 +582,26 @@ def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``asge report`` flags."""
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    parser.add_argument("--out", help="output directory (default: RUN_DIR/report for one run, ./report for several)")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN", help="finished run directories, each once")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default: RUN/report for one run, ./report for several)")
     parser.add_argument("--labels", help="comma-separated names for the runs in plots and tables "
                                          "(default: the directory names)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the report already in the output directory (without it, an existing "
+                             "report is never overwritten: choose another --out)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``asge report``: write the report and print the files it wrote."""
     labels = parse_labels(args.labels, len(args.run_dirs))
-    written = make_report(args.run_dirs, args.out, labels)
+    check_distinct_runs(args.run_dirs)
+    out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
+    existing = report_files(out) if out.is_dir() else []
+    if existing and not args.force:
+        raise AsgeError(f"{out} already holds a report ({', '.join(p.name for p in existing[:3])}"
+                        f"{', ...' if len(existing) > 3 else ''}); pass --force to replace it, or choose another --out")
+    written = make_report(args.run_dirs, out, labels)
     for path in written.values():
         print(path)
     return 0
