@@ -121,3 +121,39 @@ def test_cli_one_factor_grid(tmp_path, capsys):
     assert (out / "ablation.md").is_file() and (out / "max-none" / "config.yaml").is_file()
     assert main(["ablate", "--pools", "median", "--out", str(tmp_path / "bad")]) == 2
     assert "valid: avg, max, rms, soft" in capsys.readouterr().err
+
+
+def test_seeds_give_mean_and_sd_per_setting(tmp_path, capsys):
+    """--seeds 0,1: every setting once per seed (SETTING/seed-S), mean ± sample sd in ablation.md/.csv, each
+    seed's row in ablation-seeds.csv; a rerun reads the finished seeds back."""
+    import statistics
+    out = tmp_path / "abl"
+    args = ["ablate", "--dataset", "digits", "--channels", "8v,8", "--subset", "128", "--batch-size", "64",
+            "--epochs", "1", "--progress", "none", "--grid", "pool", "--pools", "rms,avg", "--seeds", "0,1",
+            "--out", str(out)]
+    assert main(args) == 0
+    table = read_csv(out / "ablation.csv")
+    per_seed = read_csv(out / "ablation-seeds.csv")
+    assert [r["setting"] for r in table] == ["rms-none", "avg-none"]
+    assert [(r["setting"], r["seed"]) for r in per_seed] == [("rms-none", "0"), ("rms-none", "1"),
+                                                            ("avg-none", "0"), ("avg-none", "1")]
+    for r in table:
+        assert r["seeds"] == "0,1" and r["status"] == "trained"
+        for k in ("fusion", "last", "best"):
+            values = [json.loads((out / r["setting"] / f"seed-{s}" / "summary.json").read_text())["test_accuracy"][k]
+                      for s in (0, 1)]
+            assert float(r[k]) == pytest.approx(statistics.mean(values), abs=1e-3)
+            assert float(r[f"{k}_sd"]) == pytest.approx(statistics.stdev(values), abs=1e-3)
+        seeds = {json.loads((out / r["setting"] / f"seed-{s}" / "config.yaml").read_text().split("seed: ")[1]
+                            .split("\n")[0]) for s in (0, 1)}
+        assert seeds == {0, 1}
+    md = (out / "ablation.md").read_text()
+    assert "±" in md and "seeds 0, 1 (mean ± sample sd" in md and "| seeds |" in md
+    capsys.readouterr()
+    assert main(args) == 0                       # everything finished: read back, not retrained
+    assert all(r["status"] == "reused" for r in read_csv(out / "ablation.csv"))
+    with pytest.raises(SystemExit) as bad:
+        main(["ablate", "--seeds", "0,x", "--out", str(tmp_path / "bad")])
+    assert bad.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

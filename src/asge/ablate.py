@@ -53,7 +53,10 @@ GRIDS = ("oat", "pool", "context", "full")
 #: Columns of ablation.csv, in order. Accuracies are percentages; times are seconds.
 CSV_COLUMNS = ("setting", "pool", "context", "status", "fusion", "last", "best", "best_block",
                "block_test_accuracy", "parameters_blocks", "parameters_context", "epochs", "epoch_seconds",
-               "epoch_time_ratio", "images_per_second", "run_dir", "error")
+               "epoch_time_ratio", "images_per_second", "run_dir", "error", "seeds", "fusion_sd", "last_sd",
+               "best_sd")
+#: Accuracy columns averaged over seeds (``--seeds``), each with its sample standard deviation ``<key>_sd``.
+SEED_STATS = ("fusion", "last", "best")
 
 
 def setting_name(pool: str, context: str) -> str:
@@ -67,6 +70,17 @@ def parse_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]: distinct integers >= 0."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds >= 0, e.g. 0,1,2, got {text!r}")
+    return seeds
 
 
 def grid_settings(pools: Sequence[str], contexts: Sequence[str], grid: str = "oat",
@@ -149,10 +163,38 @@ def _derive(rows: list[dict], reference: str) -> None:
             r["epoch_time_ratio"] = r["epoch_seconds"] / ref["epoch_seconds"]
 
 
+def aggregate_seeds(rows: list[dict], run_dir: Path) -> dict:
+    """One row for a setting trained with several seeds: mean and sample sd (``<key>_sd``) of every accuracy
+    over the seeds that finished, mean block accuracies, epoch time and images/s, l* of each seed
+    (``"4,4,5"``), ``seeds`` = the seeds that finished; status ``failed`` (with the first error) when
+    any seed failed."""
+    import statistics
+    ok = [r for r in rows if r["status"] != "failed"]
+    out = dict(rows[0], run_dir=str(run_dir), seeds=",".join(str(r["seed"]) for r in ok), error="")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        out.update(status="failed", error=f"seed {failed[0]['seed']}: {failed[0]['error']}")
+    else:
+        out["status"] = "reused" if all(r["status"] == "reused" for r in rows) else "trained"
+    mean = lambda vs: sum(vs) / len(vs) if vs else None  # noqa: E731
+    for k in SEED_STATS + ("epoch_seconds", "images_per_second"):
+        values = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
+        out[k] = mean(values)
+        if k in SEED_STATS:
+            out[f"{k}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    out["best_block"] = ",".join(str(r.get("best_block")) for r in ok if r.get("best_block") is not None) or None
+    blocks = [r.get("block_test_accuracy") or [] for r in ok]
+    out["block_test_accuracy"] = [mean([b[i] for b in blocks]) for i in range(min(map(len, blocks)))] if blocks else []
+    for k in ("parameters_blocks", "epochs"):
+        out[k] = next((r[k] for r in ok if r.get(k) is not None), None)
+    return out
+
+
 def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
                  contexts: Sequence[str] = DEFAULT_CONTEXTS, out_dir: str | Path = "runs/ablation", *,
                  grid: str = "oat", context_options: Optional[dict[str, dict]] = None,
-                 log: Callable[[str], None] = print, command: Optional[str] = None) -> list[dict]:
+                 log: Callable[[str], None] = print, command: Optional[str] = None,
+                 seeds: Optional[Sequence[int]] = None) -> list[dict]:
     """Train every (pool, context) setting of ``grid`` from ``base_cfg`` into ``out_dir/<pool>-<context>/``.
 
     ``base_cfg.pool``/``base_cfg.context`` are the reference setting. ``base_cfg.context_options`` may mix
@@ -160,6 +202,10 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     (``{"sge": {"groups": 8}}``) adds per-module options on top. Finished settings are read back, failing
     ones recorded with their error. Writes ``ablation.csv`` and ``ablation.md`` in ``out_dir`` (after
     each setting) and returns the rows (dicts keyed by :data:`CSV_COLUMNS`).
+
+    ``seeds`` (``--seeds 0,1,2``): train every setting once per seed, into ``out_dir/<setting>/seed-<S>/``;
+    each row then holds the mean and sample sd over the seeds (:func:`aggregate_seeds`), and
+    ``ablation-seeds.csv`` one row per setting and seed.
     """
     for p in pools:
         POOLS.check(p)
@@ -175,45 +221,62 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     settings = grid_settings(pools, contexts, grid, reference)
     out = Path(out_dir)
     with RunLock(out, log=log):           # one ablation per directory; each setting's run locks its own
-        return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command)
+        return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command,
+                               list(seeds) if seeds else None)
 
 
 def _train_settings(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
                     per: dict[str, dict], reference: tuple[str, str], grid: str, log: Callable[[str], None],
-                    command: Optional[str]) -> list[dict]:
+                    command: Optional[str], seeds: Optional[list[int]] = None) -> list[dict]:
     """``run_ablation``'s loop, with ``out`` locked."""
-    from .train import fit
     meta = {"base": base_cfg.resolved(), "grid": grid, "reference": setting_name(*reference),
             "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "seeds": seeds}
     rows: list[dict] = []
+    seed_rows: list[dict] = []
     for i, (pool, context) in enumerate(settings, 1):
-        run_dir = out / setting_name(pool, context)
-        row = _row(pool, context, run_dir)
-        cfg = dataclasses.replace(base_cfg, pool=pool, context=context, out=str(run_dir),
-                                  context_options=options_for(context, common, per))
-        run = RunDir(run_dir)
-        head = f"[{i}/{len(settings)}] {row['setting']}"
-        try:
-            if run.summary_file.is_file():
-                _check_same_config(run, cfg)
-                log(f"{head}: finished earlier, reading {run.summary_file}")
-                row["status"] = "reused"
-            else:
-                log(f"{head}: training into {run_dir}")
-                fit(cfg, resume=True, log=lambda m, h=head: log(f"{h}  {m}"))
-                row["status"] = "trained"
-            _fill_from_run(row, run, run.read_summary())
-        except Preempted as e:  # SIGTERM / SIGINT: the setting's checkpoint is written; stop the ablation
-            raise Preempted(f"{head}: {e.what}", e.signum, "run the same asge ablate command again to continue "
-                            "(finished settings are kept, this one resumes)") from None
-        except Exception as e:  # one failing setting must not stop the others: record it and go on
-            row.update(status="failed", error=_first_line(e))
-            log(f"{head}: failed: {row['error']}")
-        rows.append(row)
+        setting_rows = []
+        for seed in seeds or [base_cfg.seed]:
+            setting_rows.append(_train_setting(base_cfg, pool, context, seed, seeds is not None, out, common, per,
+                                               f"[{i}/{len(settings)}] {setting_name(pool, context)}", log))
+        seed_rows += setting_rows
+        rows.append(aggregate_seeds(setting_rows, out / setting_name(pool, context)) if seeds else setting_rows[0])
         _derive(rows, meta["reference"])
-        write_tables(rows, out, meta)
+        write_tables(rows, out, meta, seed_rows if seeds else None)
     return rows
+
+
+def _train_setting(base_cfg: TrainConfig, pool: str, context: str, seed: int, nested: bool, out: Path,
+                   common: dict, per: dict[str, dict], head: str, log: Callable[[str], None]) -> dict:
+    """Train (or read back) one setting with one seed; its row (status ``failed`` with the error when it
+    fails)."""
+    from .train import fit
+    run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if nested else "")
+    row = _row(pool, context, run_dir)
+    row["seed"] = seed
+    cfg = dataclasses.replace(base_cfg, pool=pool, context=context, out=str(run_dir), seed=seed,
+                              context_options=options_for(context, common, per))
+    run = RunDir(run_dir)
+    if nested:
+        head += f" seed {seed}"
+    try:
+        if run.summary_file.is_file():
+            _check_same_config(run, cfg)
+            log(f"{head}: finished earlier, reading {run.summary_file}")
+            row["status"] = "reused"
+        else:
+            log(f"{head}: training into {run_dir}")
+            fit(cfg, resume=True, log=lambda m, h=head: log(f"{h}  {m}"))
+            row["status"] = "trained"
+        _fill_from_run(row, run, run.read_summary())
+    except Preempted as e:  # SIGTERM / SIGINT: the setting's checkpoint is written; stop the ablation
+        raise Preempted(f"{head}: {e.what}", e.signum, "run the same asge ablate command again to continue "
+                        "(finished settings are kept, this one resumes)") from None
+    except Exception as e:  # one failing setting must not stop the others: record it and go on
+        row.update(status="failed", error=_first_line(e))
+        log(f"{head}: failed: {row['error']}")
+    return row
 
 
 # -- tables ------------------------------------------------------------------------------------------------
@@ -235,13 +298,13 @@ def _fmt(value, kind: str) -> str:
     return str(value)
 
 
-def csv_text(rows: Iterable[dict]) -> str:
+def csv_text(rows: Iterable[dict], columns: Sequence[str] = CSV_COLUMNS) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         cells = {}
-        for k in CSV_COLUMNS:
+        for k in columns:
             v = r.get(k)
             if k == "block_test_accuracy":
                 v = _fmt(v, "blocks")
@@ -261,11 +324,19 @@ MD_COLUMNS = (("setting", "setting", "str"), ("pool", "pool", "str"), ("context"
 
 
 def markdown_table(rows: Iterable[dict]) -> str:
+    """The ablation table; with several seeds each accuracy reads ``mean ± sd`` and a seeds column says
+    which seeds finished."""
     rows = list(rows)
-    lines = ["| " + " | ".join(h for h, _, _ in MD_COLUMNS) + " |",
-             "|" + "|".join("---" if f == "str" else "--:" for _, _, f in MD_COLUMNS) + "|"]
+    columns = list(MD_COLUMNS) + ([("seeds", "seeds", "str")] if any(r.get("seeds") for r in rows) else [])
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+             "|" + "|".join("---" if f == "str" else "--:" for _, _, f in columns) + "|"]
     for r in rows:
-        cells = [_fmt(r.get(k), f) for _, k, f in MD_COLUMNS]
+        cells = []
+        for _, k, f in columns:
+            cell = _fmt(r.get(k), f)
+            if k in SEED_STATS and cell and isinstance(r.get(f"{k}_sd"), (int, float)):
+                cell += f" ± {r[f'{k}_sd']:.2f}"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
@@ -281,7 +352,9 @@ def markdown_text(rows: list[dict], meta: dict) -> str:
         "# Ablation: pools and context modules", "",
         f"Base: {cfg.method} on {cfg.dataset} ({arch}), subset {cfg.subset or 'all'}, {cfg.epochs} "
         f"epoch{'' if cfg.epochs == 1 else 's'}, "
-        f"batch {cfg.batch_size}, lr {cfg.lr:g} (heads {cfg.head_lr:g}), seed {cfg.seed}, "
+        f"batch {cfg.batch_size}, lr {cfg.lr:g} (heads {cfg.head_lr:g}), "
+        + (f"seeds {', '.join(map(str, meta['seeds']))} (mean ± sample sd over the seeds), " if meta.get("seeds")
+           else f"seed {cfg.seed}, ") +
         f"context blocks {cfg.context_blocks or 'all'}. Grid `{meta['grid']}`, reference setting "
         f"`{meta['reference']}`.", "",
         f"Started {meta['started']}; {meta['machine']}.", "",
@@ -296,11 +369,20 @@ def markdown_text(rows: list[dict], meta: dict) -> str:
     return "\n".join(text)
 
 
-def write_tables(rows: list[dict], out: Path, meta: dict) -> None:
+#: Columns of ablation-seeds.csv (``--seeds``): one row per setting and seed.
+SEED_CSV_COLUMNS = ("setting", "pool", "context", "seed", "status", "fusion", "last", "best", "best_block",
+                    "block_test_accuracy", "parameters_blocks", "epochs", "epoch_seconds", "images_per_second",
+                    "run_dir", "error")
+
+
+def write_tables(rows: list[dict], out: Path, meta: dict, seed_rows: Optional[list[dict]] = None) -> None:
     from .run import atomic_write
     csv_data, md_data = csv_text(rows).encode(), markdown_text(rows, meta).encode()
     atomic_write(out / "ablation.csv", lambda f: f.write(csv_data))
     atomic_write(out / "ablation.md", lambda f: f.write(md_data))
+    if seed_rows is not None:
+        seeds_data = csv_text(seed_rows, SEED_CSV_COLUMNS).encode()
+        atomic_write(out / "ablation-seeds.csv", lambda f: f.write(seeds_data))
 
 
 # -- command line ------------------------------------------------------------------------------------------
@@ -325,6 +407,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"pools to compare (default {','.join(DEFAULT_POOLS)})")
     g.add_argument("--contexts", type=parse_list, default=list(DEFAULT_CONTEXTS),
                    help=f"context modules to compare (default {','.join(DEFAULT_CONTEXTS)})")
+    g.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
+                   help="train every setting once per seed (e.g. 0,1,2) and report mean ± sd over them "
+                        "(default: the --seed alone)")
     g.add_argument("--grid", choices=GRIDS, default="oat",
                    help="oat (default): each pool with the reference context and each context with the "
                         "reference pool; pool or context: one of those sweeps; full: pools x contexts")
@@ -339,10 +424,13 @@ def run(args: argparse.Namespace) -> int:
         out = str(Path("runs") / f"ablation-{base.dataset}-{base.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     command = "asge ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
         sys.argv[1] == "ablate" else None
-    rows = run_ablation(base, args.pools, args.contexts, out, grid=args.grid, command=command)
+    rows = run_ablation(base, args.pools, args.contexts, out, grid=args.grid, command=command,
+                        seeds=getattr(args, "seeds", None))
     print()
     print(markdown_table(rows))
-    print(f"\nablation directory: {out} (ablation.md, ablation.csv, one run directory per setting)")
+    what = "one run directory per setting" if not getattr(args, "seeds", None) else \
+        "ablation-seeds.csv, a run directory per setting and seed: SETTING/seed-S"
+    print(f"\nablation directory: {out} (ablation.md, ablation.csv, {what})")
     return 0
 
 
