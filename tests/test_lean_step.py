@@ -234,3 +234,23 @@ def test_backprop_gets_the_device_lr_and_fixed_statistics():
     assert m.opt.lr_tensors[0].item() == m.opt.param_groups[0]["lr"]     # written by the schedule
     m.reset_stats()
     assert addresses == [t.data_ptr() for t in (m.loss_sum, m.correct, m.first_bad_step)]
+
+
+def test_bench_overhead_prints_both_medians_and_the_ratio(tmp_path, capsys):
+    import json
+    import re
+    from asge.cli import main
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--overhead", "--overhead-steps", "3", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    r = json.loads((tmp_path / "overhead.json").read_text())
+    assert r["channels"][0] == 4 and max(r["channels"]) == 16 and r["batch_size"] == 1 and r["threads"] == 1
+    assert len(r["step_ms"]["asge"]) == len(r["step_ms"]["bp"]) == 3
+    assert r["ratio"] == r["median_ms"]["asge"] / r["median_ms"]["bp"]
+    out = capsys.readouterr().out
+    assert re.search(r"ASGE median [\d.]+ ms", out) and re.search(r"BP +median [\d.]+ ms", out)
+    assert re.search(r"ASGE/BP [\d.]+x", out) and "goal" not in out.lower()
+    assert main(["bench", "--overhead", "--overhead-steps", "1", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

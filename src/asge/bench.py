@@ -422,10 +422,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--no-matmul-peak", dest="matmul_peak", action="store_false",
       help="skip measuring the fp32 matmul peak")
     a("--out", default="bench", help="directory for bench.json (default ./bench)")
+    a("--overhead", action="store_true",
+      help="instead: host time per step, ASGE vs BP, at VGG8 width 1/32 (channels 4..16), batch 1, 1 thread, "
+           "steps alternating (the per-call work that bounds small GPU steps); writes overhead.json")
+    a("--overhead-steps", type=int, default=200, help="timed steps per method for --overhead (default 200)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .train.loop import resolve_device
+    if args.overhead:
+        from .overhead import run_overhead
+        return run_overhead(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in ("steps", "warmup", "chunk", "batch_size"):
