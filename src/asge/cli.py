@@ -157,6 +157,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
     g.add_argument("--pipeline", type=int, metavar="K",
                    help="run the blocks as K pipelined stages, one process each (ASGE; same result as K=1)")
+    g.add_argument("--cuda-graphs", metavar="auto|on|off",
+                   help="capture the whole training step as one CUDA graph and replay it (on: CUDA only; auto "
+                        "means off until the CUDA graph tests have passed on a GPU)")
     g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<model>-<method>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                                                          "(a finished run: says so and stops)")
@@ -214,6 +217,7 @@ DEFAULT_TEXT = {
     "checkpoint_every": lambda: "0: at epoch ends only",
     "pipeline": lambda: "1: one process",
     "val_subset": lambda: "the whole validation split",
+    "test_split": lambda: "none: the tree's own test/ (or val/) folder",
 }
 
 
@@ -221,6 +225,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
     """Give every train flag its choices (``{rms,avg,max,soft}``) and its default, read off TrainConfig, the
     presets and the recipes (so that ``--help`` cannot drift from what a run does)."""
     import dataclasses as dc
+    import re
     from .recipes import RECIPES
     fields = {f.name: f for f in dc.fields(TrainConfig)}
     choices = option_choices()
@@ -234,7 +239,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
                 action.metavar += "|MODULE:NAME"
         if action.metavar is None and action.type is int:
             action.metavar = "N"
-        if "(default" in (action.help or ""):
+        if re.search(r"\bdefault\b", action.help or ""):    # says its default itself
             continue
         f = fields[key]
         value = f.default if f.default is not dc.MISSING else f.default_factory()
@@ -243,7 +248,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
         elif isinstance(value, bool):
             text = "on" if value else "off"
         elif value is None:
-            continue
+            text = "none"
         elif isinstance(value, float):
             text = f"{value:g}"
         else:
@@ -259,7 +264,7 @@ CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_s
                 "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
                 "head_features", "fusion_from", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
-                "amp", "channels_last", "compile", "pipeline", "out", "tensorboard", "progress", "checkpoint_every",
+                "amp", "channels_last", "compile", "pipeline", "cuda_graphs", "out", "tensorboard", "progress", "checkpoint_every",
                 "log_interval", "val_every", "val_subset", "init_from")
 
 
