@@ -68,7 +68,7 @@ def check_png(data: bytes, min_size=(400, 250), max_size=(3000, 2500)) -> tuple[
 # -- files ----------------------------------------------------------------------------------------------------
 def test_writes_every_plot_and_both_reports(report):
     assert set(report) == {"val_blocks.png", "test_by_block.png", "strategies.png", "val_headline.png",
-                           "speed.png", "report.md", "report.html"}
+                           "losses.png", "confusion.png", "speed.png", "report.md", "report.html"}
     for name, path in report.items():
         if name.endswith(".png"):
             check_png(path.read_bytes())
@@ -78,11 +78,11 @@ def test_make_report_returns_written_paths_and_single_run_defaults_into_the_run(
     run = tmp_path / "one"
     shutil.copytree(runs["asge"], run)
     written = make_report([run])
-    assert set(written) == {"val_blocks", "test_by_block", "strategies", "markdown", "html"}
+    assert set(written) == {"val_blocks", "test_by_block", "strategies", "losses", "confusion", "markdown", "html"}
     assert all(p.parent == run / "report" and p.is_file() for p in written.values())
     # a bp run alone has no per-block plots but its validation curve
     written = make_report([runs["bp"]], tmp_path / "bp")
-    assert set(written) == {"strategies", "val_headline", "markdown", "html"}
+    assert set(written) == {"strategies", "val_headline", "losses", "confusion", "markdown", "html"}
 
 
 def test_several_runs_default_to_report_in_the_current_directory(runs, tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_html_is_well_formed_and_self_contained(report, runs):
     parser.close()
     assert parser.errors == [] and parser.stack == []
     assert parser.links == [], "the page must load nothing"
-    assert len(parser.images) == 5
+    assert len(parser.images) == 7
     for img in parser.images:
         assert img["alt"]
         prefix = "data:image/png;base64,"
@@ -240,8 +240,8 @@ def test_html_renders_in_headless_chromium(report):
             browser.close()
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    assert len(images) == 5 and all(ok and w >= 400 and h >= 250 for ok, w, h in images), images
-    assert tables == 3
+    assert len(images) == 7 and all(ok and w >= 400 and h >= 250 for ok, w, h in images), images
+    assert tables == 4
     assert title == "asge report: ASGE, BP"
 
 
@@ -279,3 +279,48 @@ def test_damaged_summary_is_a_run_dir_error(runs, tmp_path):
     (run / "summary.json").write_text("{not json")
     with pytest.raises(RunDirError, match="damaged"):
         load_run(run)
+
+
+# -- what a lab meeting needs (issue 16 item 18) --------------------------------------------------------------
+def test_comparison_line_machine_and_hyperparameters(report, runs):
+    a, b = summary(runs["asge"]), summary(runs["bp"])
+    md = report["report.md"].read_text()
+    gap = b["test_accuracy"]["last"] - a["test_accuracy"]["fusion"]
+    lead, behind = ("BP", "ASGE") if gap >= 0 else ("ASGE", "BP")
+    assert f"{lead} +{abs(gap):.1f} points over {behind}" in md
+    ratio = a["images_per_second"] / b["images_per_second"]
+    fast = f"ASGE {ratio:.1f}x" if ratio >= 1 else f"BP {1 / ratio:.1f}x"
+    assert f"{fast} faster per training image" in md
+    assert f"Speeds measured on: {a['device_name']} (all runs)" in md and a["device_name"] == b["device_name"]
+    info = {row[0]: dict(zip(table_rows(md, "Runs")[0], row)) for row in table_rows(md, "Runs")[1:]}
+    assert info["ASGE"]["recipe"] == "paper" and info["ASGE"]["subset"] == "300" and info["BP"]["batch"] == "128"
+    assert info["ASGE"]["lr (blocks / heads)"] == "0.002 / 0.01" and info["BP"]["epochs"] == "2"
+    page = report["report.html"].read_text()
+    for text in (md, page):
+        assert "ASGE (asge)" not in text and "BP (bp)" not in text       # no label repeated as its method
+
+
+def test_per_class_table_from_the_recorded_confusion_matrix(report, runs):
+    md = report["report.md"].read_text()
+    rows = table_rows(md, "Per-class test accuracy (%)")
+    assert rows[0] == ["class", "test images", "ASGE (fusion)", "BP (last)"]
+    a, b = summary(runs["asge"]), summary(runs["bp"])
+    ca, cb = a["test_confusion"]["fusion"], b["test_confusion"]["last"]
+    assert [r[0] for r in rows[1:]] == a["data"]["classes"]
+    for i, row in enumerate(rows[1:]):
+        assert row[1] == str(sum(ca[i]))
+        assert row[2] == f"{100 * ca[i][i] / sum(ca[i]):.2f}" and row[3] == f"{100 * cb[i][i] / sum(cb[i]):.2f}"
+    # the recorded matrix agrees with the test accuracy (and with asge eval --per-class)
+    assert 100 * sum(ca[i][i] for i in range(len(ca))) / sum(map(sum, ca)) == pytest.approx(a["test_accuracy"]["fusion"])
+
+
+def test_runs_without_a_recorded_confusion_matrix_get_it_from_the_best_checkpoint(runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(runs["asge"], old)
+    s = summary(old)
+    recorded = s.pop("test_confusion")
+    (old / "summary.json").write_text(json.dumps(s))
+    md = make_report([old], tmp_path / "r", labels=["ASGE"])["markdown"].read_text()
+    rows = table_rows(md, "Per-class test accuracy (%)")
+    m = recorded["fusion"]
+    assert [r[2] for r in rows[1:]] == [f"{100 * m[i][i] / sum(m[i]):.2f}" for i in range(len(m))]

@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 from .errors import AsgeError, RunDirError
 from .report_html import (PLOT_TITLES, Table, build_tables, render_html, render_markdown,  # noqa: F401
                           table_html, table_markdown)
-from .report_plots import (STRATEGY_COLORS, STRATEGY_ORDER, plot_speed, plot_strategies,  # noqa: F401
-                           plot_test_by_block, plot_val_blocks, plot_val_headline)
+from .report_plots import (STRATEGY_COLORS, STRATEGY_ORDER, plot_confusion, plot_losses,  # noqa: F401
+                           plot_speed, plot_strategies, plot_test_by_block, plot_val_blocks, plot_val_headline)
 from .run import RunDir
 
 
@@ -58,6 +58,39 @@ class Run:
     def headline(self) -> str:
         """The strategy the run selects its checkpoint by: fusion for ASGE, last for bp."""
         return "fusion" if "fusion" in self.summary.get("test_accuracy", {}) else "last"
+
+    @property
+    def display(self) -> str:
+        """The label, with the method in parentheses unless the label already names it (``BP``, not
+        ``BP (bp)``)."""
+        return self.label if self.method.lower() in self.label.lower() else f"{self.label} ({self.method})"
+
+    @property
+    def classes(self) -> list[str]:
+        n = len(self.confusion or [])
+        names = list((self.summary.get("data") or {}).get("classes") or [])
+        return names if len(names) == n else [str(i) for i in range(n)]
+
+    @property
+    def confusion(self) -> Optional[list[list[int]]]:
+        """The headline strategy's test confusion matrix (rows = true class), as recorded in summary.json
+        (or computed by :func:`make_report` from the best checkpoint for runs that predate it)."""
+        return (self.summary.get("test_confusion") or {}).get(self.headline)
+
+    def loss_curves(self) -> tuple[list[int], list[float], list[int], list[float]]:
+        """(epochs, validation cross-entropy of the headline head, epochs, training loss): for bp the
+        network's cross-entropy, for ASGE the mean over blocks of their local losses (each a cross-entropy
+        of the block's a_l)."""
+        key = f"{self.headline}_loss"
+        val = [(r["epoch"], r["val"][key]) for r in self.metrics if isinstance((r.get("val") or {}).get(key), float)]
+        train = []
+        for r in self.metrics:
+            t = r.get("train") or {}
+            if t.get("block_loss"):
+                train.append((r["epoch"], sum(t["block_loss"]) / len(t["block_loss"])))
+            elif isinstance(t.get("loss"), float):
+                train.append((r["epoch"], t["loss"]))
+        return [e for e, _ in val], [v for _, v in val], [e for e, _ in train], [v for _, v in train]
 
     @property
     def strategies(self) -> list[str]:
@@ -106,6 +139,21 @@ def load_run(path: str | Path, label: Optional[str] = None) -> Run:
     metrics = sorted((r for r in metrics if isinstance(r, dict) and isinstance(r.get("epoch"), int)),
                      key=lambda r: r["epoch"])
     return Run(path=path, label=label or path.resolve().name, config=config, summary=summary, metrics=metrics)
+
+
+def add_confusion(run: Run) -> None:
+    """A run whose summary.json predates the recorded test confusion matrix: compute it from its best
+    checkpoint on the test split (``asge eval --per-class``'s code), for up to 100 classes. A run whose data
+    or checkpoint cannot be read is left without one (the report says so)."""
+    classes = (run.summary.get("data") or {}).get("classes") or []
+    if "test_confusion" in run.summary or not 0 < len(classes) <= 100:
+        return
+    from .evaluate import evaluate_run
+    try:
+        results = evaluate_run(str(run.path), strategy=run.headline, device="cpu", per_class=True)
+    except Exception:                     # no data here, or no checkpoint: the report goes without it
+        return
+    run.summary = dict(run.summary, test_confusion={run.headline: results["confusion"][run.headline]})
 
 
 def parse_labels(text: Optional[str], count: int) -> Optional[list[str]]:
@@ -169,6 +217,8 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
     check_distinct_runs(run_dirs)
     names = list(labels) if labels is not None else [Path(p).resolve().name for p in run_dirs]
     runs = [load_run(p, label) for p, label in zip(run_dirs, unique_labels(names))]
+    for r in runs:
+        add_confusion(r)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     if out.exists() and not out.is_dir():
         raise AsgeError(f"the report directory {out} exists and is not a directory")
@@ -188,6 +238,8 @@ def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             ("test_by_block", plot_test_by_block, True),
             ("strategies", plot_strategies, True),
             ("val_headline", plot_val_headline, several or not any(r.is_local for r in runs)),
+            ("losses", plot_losses, True),
+            ("confusion", plot_confusion, True),
             ("speed", plot_speed, several)):
         if wanted:
             written = draw(runs, out / f"{key}.png")

@@ -66,22 +66,28 @@ def build_tables(runs: list[Run]) -> list[Table]:
                      "best validation accuracy, and stops there (early exit).")
     run_rows = []
     for r in runs:
-        s, params = r.summary, r.summary.get("parameters") or {}
+        s, params, c = r.summary, r.summary.get("parameters") or {}, r.config
         heads = sum(v for k, v in params.items() if k != "blocks" and isinstance(v, int))
         channels = s.get("channels")
+        lr, head_lr = c.get("lr"), c.get("head_lr")
+        lr_text = (f"{lr:g}" + (f" / {head_lr:g}" if isinstance(head_lr, (int, float)) and head_lr != lr else "")
+                   if isinstance(lr, (int, float)) else "–")
         run_rows.append([
-            r.label, r.method, str(s.get("dataset", "–")),
+            r.label, r.method, str(s.get("recipe") or c.get("recipe") or "–"), str(s.get("dataset", "–")),
             f"{s.get('model', '–')} ({', '.join(str(c) for c in channels)})" if channels else str(s.get("model", "–")),
-            str(s.get("epochs", "–")), str(s.get("best_epoch", "–")), _count(params.get("blocks")), _count(heads),
+            _count(s.get("subset")) if s.get("subset") else "all", str(s.get("epochs", "–")),
+            str(c.get("batch_size", "–")), lr_text, str(s.get("best_epoch", "–")),
+            _count(params.get("blocks")), _count(heads),
             f"{s['train_seconds']:.1f}" if isinstance(s.get("train_seconds"), (int, float)) else "–",
-            f"{s['images_per_second']:.0f}" if isinstance(s.get("images_per_second"), (int, float)) else "–",
-            str(s.get("device", "–")), class_list(s)])
-    runs_table = Table("Runs", ["run", "method", "dataset", "model (channels)", "epochs", "best epoch",
-                                "block parameters", "head parameters", "train time (s)", "images/s", "device",
-                                "classes"],
-                       run_rows, "Head parameters: the fusion and last heads together (bp: the last head). "
-                       "Classes: their number and names, as recorded by the run.",
-                       [False, False, False, False] + [True] * 6 + [False, False])
+            f"{s['images_per_second']:.0f}" if isinstance(s.get("images_per_second"), (int, float)) else "–"])
+    runs_table = Table("Runs", ["run", "method", "recipe", "dataset", "model (channels)", "subset", "epochs",
+                                "batch", "lr (blocks / heads)", "best epoch", "block parameters",
+                                "head parameters", "train time (s)", "images/s"],
+                       run_rows, "Subset: the training images used (of the training split). lr: the peak of the "
+                       "cosine schedule, blocks / heads where they differ. Head parameters: the fusion and last "
+                       "heads together (bp: the last head). Train time and images/s: training only (no "
+                       "validation or test), on the machine named above.",
+                       [False] * 5 + [True] * 9)
     tables = [accuracy, runs_table]
     local = [r for r in runs if r.is_local]
     if local:
@@ -94,7 +100,85 @@ def build_tables(runs: list[Run]) -> list[Table]:
         tables.append(Table("Per-block test accuracy (%)", ["run"] + [f"block {i}" for i in range(1, depth + 1)],
                             rows, "The asterisk marks l*, the block with the best validation accuracy (the Best "
                             "strategy).", [False] + [True] * depth))
+    per_class = per_class_table(runs)
+    if per_class is not None:
+        tables.append(per_class)
     return tables
+
+
+def per_class_table(runs: list[Run]) -> Optional[Table]:
+    """Test accuracy of each class (%), by each run's headline strategy, from its confusion matrix; None
+    when no run has one. Runs on other classes than the first's are left out (named in the note)."""
+    shown = [r for r in runs if r.confusion]
+    if not shown:
+        return None
+    names = shown[0].classes
+    same = [r for r in shown if r.classes == names]
+    rows = []
+    for i, name in enumerate(names):
+        total = sum(same[0].confusion[i])
+        rows.append([name, _count(total)] + [_pct(100.0 * r.confusion[i][i] / max(sum(r.confusion[i]), 1))
+                                             for r in same])
+    note = ("Rows: true classes; each run by its headline strategy (fusion for ASGE, last for bp), from the "
+            "test confusion matrix of its tested checkpoint (the confusion plot below).")
+    other = [r.label for r in shown if r not in same]
+    if other:
+        note += f" Left out (other classes): {', '.join(other)}."
+    return Table("Per-class test accuracy (%)", ["class", "test images"] + [f"{r.label} ({r.headline})" for r in same],
+                 rows, note, [False] + [True] * (1 + len(same)))
+
+
+def comparison_line(runs: list[Run]) -> str:
+    """One sentence a reader can quote: accuracy gap and speed ratio, from the runs' own numbers (the first
+    ASGE run against the first bp run when there are both; else the best run against the next)."""
+    def acc(r):
+        return r.summary["test_accuracy"].get(r.headline)
+
+    def speed(a, b) -> str:
+        ia, ib = a.summary.get("images_per_second"), b.summary.get("images_per_second")
+        if not (isinstance(ia, (int, float)) and isinstance(ib, (int, float)) and ia > 0 and ib > 0):
+            return ""
+        fast, slow, ratio = (a, b, ia / ib) if ia >= ib else (b, a, ib / ia)
+        text = f"; {fast.label} {ratio:.1f}x faster per training image than {slow.label}"
+        if machine_of(a) != machine_of(b):
+            text += " (measured on different machines: not comparable)"
+        return text
+
+    local = [r for r in runs if r.method == "asge"]
+    bp = [r for r in runs if r.method == "bp"]
+    if local and bp:
+        a, b = local[0], bp[0]
+        gap = acc(b) - acc(a)
+        lead, behind = (b, a) if gap >= 0 else (a, b)
+        return (f"{lead.label} +{abs(gap):.1f} points over {behind.label} ({lead.headline} {acc(lead):.2f}% vs "
+                f"{behind.headline} {acc(behind):.2f}% test accuracy){speed(a, b)}.")
+    if len(runs) > 1:
+        ranked = sorted(runs, key=lambda r: -acc(r))
+        a, b = ranked[0], ranked[1]
+        return (f"{a.label} leads: {a.headline} {acc(a):.2f}%, +{acc(a) - acc(b):.1f} points over {b.label} "
+                f"({b.headline} {acc(b):.2f}%){speed(a, b)}.")
+    r = runs[0]
+    s = r.summary
+    epochs = s.get("epochs")
+    text = (f"{r.display}: {acc(r):.2f}% test accuracy ({r.headline}) after {epochs} epoch"
+            f"{'' if epochs == 1 else 's'}")
+    if s.get("best_block"):
+        text += f"; block l* = {s['best_block']} alone: {s['test_accuracy'].get('best', float('nan')):.2f}%"
+    return text + "."
+
+
+def machine_of(r: Run) -> str:
+    """The processor a run's speeds were measured on (older runs recorded only cpu / cuda)."""
+    return str(r.summary.get("device_name") or r.summary.get("device") or "unknown")
+
+
+def machine_note(runs: list[Run]) -> str:
+    """``Speeds measured on: <machine> (all runs)`` or one machine per run."""
+    machines = {r.label: machine_of(r) for r in runs}
+    if len(set(machines.values())) == 1:
+        return f"Speeds measured on: {next(iter(machines.values()))} ({'all runs' if len(runs) > 1 else 'this run'})."
+    return "Speeds measured on: " + "; ".join(f"{k}: {v}" for k, v in machines.items()) + \
+        " (different machines: compare speeds with care)."
 
 
 def _md_cell(text: str) -> str:
@@ -121,8 +205,8 @@ def table_html(t: Table) -> str:
                                     for i, c in enumerate(row))
                    + "</tr>\n" for row in t.rows)
     note = f'<p class="note">{e(t.note)}</p>\n' if t.note else ""
-    return (f"<h2>{e(t.title)}</h2>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-            + note)
+    return (f'<h2>{e(t.title)}</h2>\n<div class="table"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}'
+            f"</tbody>\n</table></div>\n" + note)
 
 
 PLOT_TITLES = {
@@ -130,6 +214,8 @@ PLOT_TITLES = {
     "test_by_block": "Test accuracy by depth",
     "strategies": "Test accuracy by strategy",
     "val_headline": "Headline validation accuracy over epochs",
+    "losses": "Loss curves",
+    "confusion": "Test confusion matrix (headline strategy)",
     "speed": "Training time and throughput",
 }
 
@@ -137,11 +223,15 @@ HTML_STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1100px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.88em; }
+div.table { overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.45em; }
+td.n { white-space: nowrap; }
 th { background: #f2f2f2; text-align: left; }
 th.n, td.n { text-align: right; font-variant-numeric: tabular-nums; }
 p.note, p.meta { color: #555; font-size: 0.88em; }
+p.lead { font-size: 1.08em; font-weight: 600; background: #f4f8fc; border-left: 4px solid #1f77b4;
+         padding: 0.5em 0.8em; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 code { background: #f5f5f5; padding: 0 0.2em; }
@@ -150,6 +240,7 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 
 def render_markdown(runs: list[Run], tables: list[Table], plots: dict[str, Path]) -> str:
     lines = [f"# asge report: {', '.join(_md_cell(r.label) for r in runs)}", "",
+             f"**{_md_cell(comparison_line(runs))}**", "", _md_cell(machine_note(runs)), "",
              f"Generated by asge {__version__} from:", ""]
     lines += [f"- **{_md_cell(r.label)}**: `{r.path}`" for r in runs]
     for t in tables:
@@ -158,6 +249,8 @@ def render_markdown(runs: list[Run], tables: list[Table], plots: dict[str, Path]
         lines += ["", "## Plots"]
         for key, path in plots.items():
             lines += ["", f"### {PLOT_TITLES.get(key, key)}", "", f"![{PLOT_TITLES.get(key, key)}]({path.name})"]
+            if key == "speed":
+                lines += ["", _md_cell(machine_note(runs))]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +260,9 @@ def render_html(runs: list[Run], tables: list[Table], plots: dict[str, Path]) ->
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title>", f"<style>{HTML_STYLE}</style>", "</head>", "<body>",
-             f"<h1>{e(title)}</h1>", f'<p class="meta">Generated by asge {e(__version__)} from:</p>', "<ul>"]
+             f"<h1>{e(title)}</h1>", f'<p class="lead">{e(comparison_line(runs))}</p>',
+             f'<p class="meta">{e(machine_note(runs))}</p>',
+             f'<p class="meta">Generated by asge {e(__version__)} from:</p>', "<ul>"]
     parts += [f"<li><strong>{e(r.label)}</strong>: <code>{e(str(r.path))}</code></li>" for r in runs]
     parts.append("</ul>")
     parts += [table_html(t) for t in tables]
@@ -175,7 +270,7 @@ def render_html(runs: list[Run], tables: list[Table], plots: dict[str, Path]) ->
         parts.append("<h2>Plots</h2>")
         for key, path in plots.items():
             data = base64.b64encode(path.read_bytes()).decode("ascii")
-            caption = PLOT_TITLES.get(key, key)
+            caption = PLOT_TITLES.get(key, key) + (f" ({machine_note(runs)[:-1]})" if key == "speed" else "")
             parts.append(f'<figure id="{e(key)}"><img src="data:image/png;base64,{data}" alt="{e(caption)}">'
                          f"<figcaption>{e(caption)}</figcaption></figure>")
     parts += ["</body>", "</html>"]

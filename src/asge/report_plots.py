@@ -114,14 +114,14 @@ def plot_test_by_block(runs: list[Run], path: Path) -> Optional[Path]:
             x = list(range(1, len(acc) + 1))
             l_star = run.summary.get("best_block")
             star = f", star: l* = {l_star}" if isinstance(l_star, int) else ""
-            ax.plot(x, acc, color=color, marker="o", linewidth=2, label=f"{run.label} ({run.method}) per block{star}")
+            ax.plot(x, acc, color=color, marker="o", linewidth=2, label=f"{run.display} per block{star}")
             if isinstance(l_star, int) and 1 <= l_star <= len(acc):
                 ax.plot([l_star], [acc[l_star - 1]], marker="*", markersize=17, color=color,
                         markeredgecolor="black", linestyle="none", zorder=3)
             fusion = run.summary["test_accuracy"].get("fusion")
             if isinstance(fusion, (int, float)):
                 ax.axhline(fusion, color=color, linestyle=":", linewidth=1.8,
-                           label=f"{run.label} ({run.method}) fusion head: {fusion:.2f}%")
+                           label=f"{run.display} fusion head: {fusion:.2f}%")
                 values.append(fusion)
             values += acc
         else:
@@ -129,7 +129,7 @@ def plot_test_by_block(runs: list[Run], path: Path) -> Optional[Path]:
             if last is None:
                 continue
             ax.axhline(last, color=color, linestyle="--", linewidth=1.8,
-                       label=f"{run.label} ({run.method}) last head: {last:.2f}%")
+                       label=f"{run.display} last head: {last:.2f}%")
             values.append(last)
     ax.set_title("Test accuracy by depth (l*: the block chosen on validation)", fontsize=11)
     ax.set_xlabel("block (depth)")
@@ -161,7 +161,7 @@ def plot_strategies(runs: list[Run], path: Path) -> Path:
                 text += f"\nl*={run.summary['best_block']}"
             ax.annotate(text, (x, acc), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
                         fontsize=8)
-    ax.set_xticks(range(len(runs)), [f"{r.label}\n({r.method})" for r in runs])
+    ax.set_xticks(range(len(runs)), [r.label if r.display == r.label else f"{r.label}\n({r.method})" for r in runs])
     ax.set_xlim(-0.6, len(runs) - 0.4)
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
@@ -185,7 +185,7 @@ def plot_val_headline(runs: list[Run], path: Path) -> Optional[Path]:
         if not epochs:
             continue
         ax.plot(epochs, acc, color=RUN_COLORS[k % len(RUN_COLORS)], marker=_marker(len(epochs)), markersize=4,
-                linewidth=2, label=f"{run.label} ({run.method}, {run.headline})")
+                linewidth=2, label=f"{run.display}, {run.headline}")
         values += acc
         all_epochs += epochs
     if not values:
@@ -203,7 +203,7 @@ def plot_speed(runs: list[Run], path: Path) -> Path:
     """Two panels of horizontal bars: total training time and training throughput per run."""
     fig = _figure(9.0, 0.55 * len(runs) + 1.9)
     ax_time, ax_speed = fig.subplots(1, 2, sharey=True)
-    labels = [f"{r.label} ({r.method})" for r in runs]
+    labels = [r.display for r in runs]
     y = list(range(len(runs)))
     colors = [RUN_COLORS[k % len(RUN_COLORS)] for k in range(len(runs))]
     for ax, key, xlabel, title, fmt in (
@@ -220,4 +220,70 @@ def plot_speed(runs: list[Run], path: Path) -> Path:
         ax.grid(True, axis="x", alpha=0.3)
     ax_time.set_yticks(y, labels)
     ax_time.invert_yaxis()
+    return _save(fig, path)
+
+
+def plot_losses(runs: list[Run], path: Path) -> Optional[Path]:
+    """Two panels over epochs: each run's validation cross-entropy of its headline head, and its training loss
+    (bp: the network's cross-entropy; ASGE: the mean of the blocks' local losses)."""
+    curves = [(k, run, run.loss_curves()) for k, run in enumerate(runs)]
+    if not any(c[0] or c[2] for _, _, c in curves):
+        return None
+    fig = _figure(10.0, 4.4)
+    ax_val, ax_train = fig.subplots(1, 2)
+    epochs: list[int] = []
+    for k, run, (ve, vl, te, tl) in curves:
+        color = RUN_COLORS[k % len(RUN_COLORS)]
+        if ve:
+            ax_val.plot(ve, vl, color=color, marker=_marker(len(ve)), markersize=4, linewidth=2,
+                        label=f"{run.display}, {run.headline}")
+        if te:
+            what = "mean block local loss" if run.is_local else "cross-entropy"
+            ax_train.plot(te, tl, color=color, marker=_marker(len(te)), markersize=4, linewidth=2,
+                          label=f"{run.display}: {what}")
+        epochs += ve + te
+    for ax, title, ylabel in ((ax_val, "Validation loss (headline head)", "cross-entropy"),
+                              (ax_train, "Training loss", "loss")):
+        ax.set_title(title, fontsize=11)
+        ax.set_ylabel(ylabel)
+        _epoch_axis(ax, epochs)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            _legend_below(ax)
+    return _save(fig, path)
+
+
+def plot_confusion(runs: list[Run], path: Path) -> Optional[Path]:
+    """Each run's test confusion matrix of its headline strategy, in percent of each true class, a panel per
+    run (cells written out for up to 12 classes)."""
+    shown = [r for r in runs if r.confusion]
+    if not shown:
+        return None
+    n = max(len(r.confusion) for r in shown)
+    cols = min(len(shown), 3)
+    rows = math.ceil(len(shown) / cols)
+    side = 3.2 + 0.28 * min(n, 30)
+    fig = _figure(side * cols + 0.8, side * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, run in zip(axes.flat, shown):
+        m = run.confusion
+        pct = [[100.0 * c / max(sum(row), 1) for c in row] for row in m]
+        image = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+        names = [c if len(c) <= 12 else c[:11] + "…" for c in run.classes]
+        ticks = range(len(m)) if len(m) <= 30 else range(0, len(m), max(1, len(m) // 20))
+        ax.set_xticks(list(ticks), [names[i] for i in ticks], rotation=60, ha="right", fontsize=7.5)
+        ax.set_yticks(list(ticks), [names[i] for i in ticks], fontsize=7.5)
+        if len(m) <= 12:
+            for i, row in enumerate(pct):
+                for j, v in enumerate(row):
+                    if v >= 0.5:
+                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                                color="white" if v > 60 else "#222")
+        acc = run.summary["test_accuracy"][run.headline]
+        ax.set_title(f"{run.display}: {run.headline}, {acc:.2f}%", fontsize=10)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="% of the true class")
     return _save(fig, path)
