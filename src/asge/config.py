@@ -167,6 +167,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     pipeline: int = 1                     # stages (processes) of a pipelined ASGE run; 1 = sequential
+    cuda_graphs: str = "auto"             # auto | on | off: the whole step as one CUDA graph (auto: off for now)
     out: Optional[str] = None
     tensorboard: bool = False
     progress: str = "auto"                # auto | bar | lines | none
@@ -178,6 +179,7 @@ class TrainConfig:
 
     # Keys that may differ between a run and its resumption.
     RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline",
+                    "cuda_graphs",
                     "checkpoint_every", "log_interval")
 
     @classmethod
@@ -229,6 +231,8 @@ class TrainConfig:
             raise ValueError(f"unknown amp {self.amp!r}; valid: none, bf16, fp16")
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; valid: auto, bar, lines, none")
+        if self.cuda_graphs not in ("auto", "on", "off"):
+            raise ValueError(f"cuda_graphs: expected auto, on or off, got {self.cuda_graphs!r}")
         parse_log_interval(self.log_interval)
         from .heads import HEAD_FEATURES
         from .recipes import recipe_defaults

@@ -24,6 +24,7 @@ from ..lock import RunLock
 from ..model import ASGENet
 from ..preempt import StopSignals
 from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from .graphs import maybe_graphed
 from .local import autocast_for
 
 
@@ -450,6 +451,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     steps_per_epoch = data.train.num_batches(cfg.batch_size)
     method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
                                                       **(method_kwargs or {}))
+    method = maybe_graphed(method, cfg, device, world, log)     # --cuda-graphs (graphs.py)
     autocast = autocast_for(cfg, device)
     eval_batch = max(cfg.batch_size, 256)
     val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
