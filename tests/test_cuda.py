@@ -86,3 +86,108 @@ def test_both_methods_learn_digits_on_cuda_in_bf16(tmp_path, method):
     # chance is 10%; 3 epochs of ASGE on these 16-32 channel blocks reach 35.8% on an H100 in bf16 and 38.9%
     # on the CPU in fp32 (2026-11-26): the bar is "learns", not a recipe's accuracy.
     assert max(summary["test_accuracy"].values()) > 25.0
+
+
+# -- CUDA graphs of the whole step (train/graphs.py, issue 14) ------------------------------------------------
+# Graphed and eager steps launch the same kernels in the same order; cuDNN is made deterministic here so that
+# the weight-gradient convolutions (which may use atomics) give the same bits run to run, eager or replayed.
+
+@pytest.fixture
+def deterministic_cudnn():
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+def graph_run(method: str, amp: str, graphed: bool, steps: int = 7):
+    """``steps`` steps of one method on 16-image batches (step 5: a 6-image batch, eager), graphed or not:
+    (model state, method state, statistics)."""
+    from asge.train.graphs import GraphedStep
+    torch.manual_seed(0)
+    torch.cuda.manual_seed(0)
+    cfg = TrainConfig(lr=1e-2, amp=amp, method=method, channels_last=amp == "bf16").resolved()
+    net = net_on(CUDA)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    m = (LocalLearning if method == "asge" else Backprop)(net, cfg, 20, CUDA)
+    if hasattr(m, "start_epoch"):
+        m.start_epoch(3)
+    if graphed:
+        m = GraphedStep(m, warmup=2)
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        n = 6 if step == 5 else 16
+        x = torch.randn(n, 3, 16, 16, generator=g).to(CUDA)
+        y = torch.randint(0, 10, (n,), generator=g).to(CUDA)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        m.train_step(x, y, step)
+    torch.cuda.synchronize()
+    if graphed:
+        assert m.graph is not None                       # steps 2, 3, 4 and 6 were replays
+    return net.state_dict(), m.state_dict(), m.stats_state()
+
+
+@pytest.mark.parametrize("method", ["asge", "bp"])
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_graphed_steps_equal_eager_steps_bitwise(method, amp, deterministic_cudnn):
+    from helpers import same_tensors
+    eager, graphed = graph_run(method, amp, False), graph_run(method, amp, True)
+    assert same_tensors(eager[0], graphed[0])            # weights
+    assert same_tensors(eager[1], graphed[1])            # optimizer and schedule states
+    assert same_tensors(eager[2], graphed[2])            # statistics
+
+
+@pytest.mark.parametrize("method", ["asge", "bp"])
+def test_a_replay_makes_no_host_sync(method):
+    from asge.train.graphs import GraphedStep
+    cfg = TrainConfig(lr=1e-3, method=method).resolved()
+    m = (LocalLearning if method == "asge" else Backprop)(net_on(CUDA), cfg, 20, CUDA)
+    if hasattr(m, "start_epoch"):
+        m.start_epoch(7)
+    m = GraphedStep(m, warmup=1)
+    x = torch.randn(8, 3, 16, 16, device=CUDA)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    for step in range(2):                                # warm-up, capture + first replay
+        m.train_step(x, y, step)
+    assert m.graph is not None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2, 5):                         # begin_step, copy_, replay, end_step
+            m.train_step(x, y, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(m.loss_sum).all()
+
+
+@pytest.mark.parametrize("method", ["asge", "bp"])
+def test_mid_epoch_checkpoint_resumed_under_graphs_equals_the_uninterrupted_run(tmp_path, monkeypatch, method,
+                                                                                 deterministic_cudnn):
+    from helpers import same_tensors
+    from asge.run import RunDir, load_checkpoint
+    from asge.train import graphs
+
+    tiny = dict(dataset="digits", channels=[8, 16, 16], downsample=[False, True, False], epochs=2, subset=400,
+                batch_size=16, dropout=0.2, progress="none", seed=1, device="cuda", cuda_graphs="on",
+                method=method)                          # 25 steps per epoch
+    fit(TrainConfig(**tiny, out=str(tmp_path / "full")), log=lambda *_: None)
+    replay = graphs.GraphedStep.train_step
+
+    class Crash(Exception):
+        pass
+
+    def crashing(self, x, y, step):
+        if step == 17 and len(RunDir(str(tmp_path / "cut")).read_metrics()) == 1:
+            raise Crash                                  # epoch 2, step 17: checkpoints after steps 7 and 14
+        replay(self, x, y, step)
+    monkeypatch.setattr(graphs.GraphedStep, "train_step", crashing)
+    with pytest.raises(Crash):
+        fit(TrainConfig(**tiny, out=str(tmp_path / "cut"), checkpoint_every=7), log=lambda *_: None)
+    monkeypatch.setattr(graphs.GraphedStep, "train_step", replay)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["partial"]["step"] == 14
+    fit(TrainConfig(**tiny, out=str(tmp_path / "cut")), resume=True, log=lambda *_: None)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("full", "cut"))
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["method"], b["method"])
