@@ -263,6 +263,9 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
             net = net.to(memory_format=torch.channels_last)
         net.train()
         m = cls(net, dataclasses.replace(cfg, method=name), max(1, steps + warmup + 2), device)
+        if cfg.cuda_graphs == "on":            # captured after GraphedStep's eager warm-up, within ours
+            from .train.graphs import GraphedStep
+            m = GraphedStep(m, warmup=max(0, min(3, warmup - 1)))
         if hasattr(m, "start_epoch"):
             m.start_epoch(cfg.seed)
         methods[name] = m
@@ -288,7 +291,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     saved, per_block, cuda_peak = {}, [], None
     for name, m in methods.items():
         x, y = batches[counters[name] % len(batches)]
-        saved[name], blocks = measure_saved_bytes(m, x, y, counters[name])
+        saved[name], blocks = measure_saved_bytes(getattr(m, "method", m), x, y, counters[name])   # eager
         counters[name] += 1
         if name == "asge":
             per_block = blocks
@@ -329,7 +332,9 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
         "dataset": cfg.dataset, "device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
         "recipe": cfg.recipe, "norm": cfg.norm, "pool": cfg.pool, "context": cfg.context,
         "head_features": cfg.head_features,
-        "compile": cfg.compile, "threads": torch.get_num_threads(),
+        "compile": cfg.compile, "cuda_graphs": cfg.cuda_graphs, "threads": torch.get_num_threads(),
+        "cuda_graph_pool_bytes": ({k: graph_pool_bytes(m) for k, m in methods.items()}
+                                  if cfg.cuda_graphs == "on" else None),
         "images_per_second": ips, "seconds": seconds, "speed_ratio": speed_ratio,
         "chunk_speed_ratios": chunk_ratios,
         "chunk_speed_ratio_median": statistics.median(chunk_ratios),
@@ -342,6 +347,20 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     if profile_dir is not None:
         record["profile"] = profile_methods(methods, batches, counters, profile_dir, cfg, device)
     return record
+
+
+def graph_pool_bytes(method) -> Optional[int]:
+    """Bytes reserved by a graphed method's private CUDA graph pool (its step's activations, gradients and
+    temporaries, held for as long as the graph lives); None when not captured or not readable."""
+    graph = getattr(method, "graph", None)
+    if graph is None:
+        return None
+    try:
+        pool = tuple(graph.pool())
+        segments = torch.cuda.memory._snapshot()["segments"]
+        return sum(s["total_size"] for s in segments if tuple(s.get("segment_pool_id", ())) == pool)
+    except Exception:  # an allocator without snapshots, or another layout of it: not measured
+        return None
 
 
 def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: TrainConfig,
@@ -414,6 +433,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--context-blocks", type=lambda s: [int(x) for x in s.split(",")], help="1-based blocks with the context")
     a("--channels-last", action="store_true", help="channels_last memory format (both methods)")
     a("--compile", action="store_true", help="torch.compile each ASGE block's step and the BP forward")
+    a("--cuda-graphs", default="off", choices=("off", "on"),
+      help="off (default) or on: each method's whole step captured once as a CUDA graph and replayed (CUDA only)")
     a("--threads", type=int, help="torch threads (default: torch's)")
     a("--lr", type=float, default=2e-4)
     a("--seed", type=int, default=0)
@@ -439,6 +460,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise AsgeError(f"--{name.replace('_', '-')} must be positive")
     device = resolve_device(args.device)
+    if args.cuda_graphs == "on" and device.type != "cuda":
+        raise AsgeError(f"--cuda-graphs on needs a CUDA device (this bench runs on {device.type})")
     from .layers.context import check_context_options
     from .recipes import recipe_defaults
     check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
@@ -450,7 +473,8 @@ def run(args: argparse.Namespace) -> int:
         options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,
                        data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
-                       channels_last=args.channels_last, compile=args.compile, input_size=args.input_size)
+                       channels_last=args.channels_last, compile=args.compile, input_size=args.input_size,
+                       cuda_graphs=args.cuda_graphs)
         for key in ("norm", "pool", "context", "context_blocks"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)

@@ -70,7 +70,7 @@ class GraphedStep:
     captured ``device_step`` for every batch of the captured size. ``warmup``: eager full-size steps first."""
 
     def __init__(self, method, warmup: int = 3):
-        self.method, self.warmup = method, warmup
+        self.method, self.warmup = method, max(1, warmup)   # (the optimizer state is made at a first step)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.static_x: Optional[torch.Tensor] = None
         self.static_y: Optional[torch.Tensor] = None
