@@ -54,6 +54,10 @@ COLOUR_CONFIGS = {
     "plus+context-none": ["--recipe", "plus", "--context", "none"],
     "plus+batch-64": ["--recipe", "plus", "--batch-size", "64"],
     "plus+dropout-0": ["--recipe", "plus", "--dropout", "0"],
+    "plus+alpha-2": ["--recipe", "plus", "--alpha", "2"],
+    "paper+alpha-2": ["--alpha", "2"],
+    "plus+learned": ["--recipe", "plus", "--projection", "learned"],
+    "paper+learned": ["--projection", "learned"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).

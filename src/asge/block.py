@@ -83,7 +83,9 @@ class ASGEBlock(nn.Module):
         context: context module after the ReLU (``none``, ``sge``, ``gsop``, ...), ``context_options`` its kwargs.
         head_features: what the Fusion head reads of Y (``gap``, ``goodness``, ``patch``; see
             :func:`asge.heads.head_features`).
-        generator: draws the fixed projection.
+        generator: draws the projection.
+        projection: ``fixed`` (the paper: a fixed random map) or ``learned`` (the same initial map, trained by
+            the block's own loss; an option that leaves the paper's method).
 
     Shapes: x (B, C_{l-1}, H, W) -> Y (B, C_l, H, W) -> output (B, C_l, H/2, W/2) if ``downsample`` else Y's shape;
     ``local_logits(Y)``: (B, N).
@@ -93,7 +95,7 @@ class ASGEBlock(nn.Module):
                  downsample: bool = False, norm: str = "layer", pool: str = "rms", context: str = "none",
                  context_options: Optional[dict] = None, dropout: float = 0.1, goodness: str = "mean",
                  head_features: str = "gap", first: bool = False, generator: Optional[torch.Generator] = None,
-                 device=None, dtype=None):
+                 projection: str = "fixed", device=None, dtype=None):
         super().__init__()
         if goodness not in GOODNESS_REDUCTIONS:
             raise ValueError(f"unknown goodness {goodness!r}; valid: {', '.join(GOODNESS_REDUCTIONS)}")
@@ -113,7 +115,7 @@ class ASGEBlock(nn.Module):
         self.pool = create_pool(pool, 2) if downsample else nn.Identity()
         self.dropout = Dropout16(dropout)            # nn.Dropout with a cheaper mask (layers/dropout.py)
         self.projection = GoodnessProjection(out_channels * partition * partition, num_classes, generator,
-                                             device=device, dtype=dtype)
+                                             device=device, dtype=dtype, kind=projection)
 
     @property
     def out_size(self) -> int:

@@ -140,6 +140,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-features", help="what the Fusion head reads of each block: gap, goodness "
                                           "(GAP + patch energies), patch (GAP + patch means)")
     g.add_argument("--fusion-from", type=int, metavar="L", help="first block (1-based) the Fusion head reads")
+    g.add_argument("--projection", choices=("fixed", "learned"),
+                   help="each block's goodness projection: fixed (the paper's fixed random map) or learned "
+                        "(the same initial map, trained by the block's own loss: leaves the paper's method)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--method", help="asge, or bp (the backprop baseline on the same blocks)")
     g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
@@ -262,7 +265,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
 CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "augment", "test_split",
                 "num_workers", "model",
                 "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
-                "head_features", "fusion_from", "method", "epochs",
+                "head_features", "fusion_from", "projection", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
                 "amp", "channels_last", "compile", "pipeline", "cuda_graphs", "out", "tensorboard", "progress", "checkpoint_every",
                 "log_interval", "val_every", "val_subset", "init_from")

@@ -151,6 +151,7 @@ class TrainConfig:
     dropout: float = 0.1
     head_features: str = "gap"            # what the Fusion head reads of Y_l: gap | goodness | patch
     fusion_from: int = 2                  # first block (1-based) the Fusion head reads; the paper skips block 1
+    projection: str = "fixed"             # each block's goodness projection: fixed (the paper) | learned
     # optimisation
     method: str = "asge"
     epochs: Optional[int] = None          # None: the preset's default
@@ -227,6 +228,9 @@ class TrainConfig:
         from .data.augment import AUGMENTATIONS
         if self.augment != "auto" and self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
+        from .goodness import PROJECTIONS
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; valid: {', '.join(PROJECTIONS)}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"unknown amp {self.amp!r}; valid: none, bf16, fp16")
         if self.progress not in ("auto", "bar", "lines", "none"):

@@ -137,28 +137,42 @@ def relu_spatial_goodness(z: torch.Tensor, partition: int, reduce: str = "mean",
     return g.flatten(1), y, sq
 
 
+#: What a block's goodness projection may be: the paper's fixed random map, or a learned one (an option
+#: that leaves the paper's method: the block then also learns its own linear read-out of the goodness).
+PROJECTIONS = ("fixed", "learned")
+
+
 class GoodnessProjection(nn.Module):
-    """Fixed random linear map ``a = g @ W + b`` from goodness to class scores.
+    """Random linear map ``a = g @ W + b`` from goodness to class scores, fixed (the paper) or learned.
 
     W: (in_features, num_classes), b: (num_classes,), entries N(0, 1) / sqrt(num_classes), drawn once from
-    ``generator`` and stored as buffers: saved in ``state_dict()``, never in ``parameters()``, never trained.
-    g: (B, in_features) -> a: (B, num_classes).
+    ``generator``. ``kind="fixed"``: stored as buffers: saved in ``state_dict()``, never in ``parameters()``,
+    never trained. ``kind="learned"``: the same initial values as parameters, trained with the block by the
+    block's own local loss (same state-dict keys). g: (B, in_features) -> a: (B, num_classes).
     """
 
     def __init__(self, in_features: int, num_classes: int, generator: Optional[torch.Generator] = None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, kind: str = "fixed"):
         super().__init__()
+        if kind not in PROJECTIONS:
+            raise ValueError(f"unknown projection {kind!r}; valid: {', '.join(PROJECTIONS)}")
+        self.kind = kind
         scale = 1.0 / math.sqrt(num_classes)
         w = torch.randn(in_features, num_classes, generator=generator) * scale
         b = torch.randn(num_classes, generator=generator) * scale
-        self.register_buffer("weight", w.to(device=device, dtype=dtype or torch.float32))
-        self.register_buffer("bias", b.to(device=device, dtype=dtype or torch.float32))
+        w, b = w.to(device=device, dtype=dtype or torch.float32), b.to(device=device, dtype=dtype or torch.float32)
+        if kind == "learned":
+            self.weight, self.bias = nn.Parameter(w), nn.Parameter(b)
+        else:
+            self.register_buffer("weight", w)
+            self.register_buffer("bias", b)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias.to(g.dtype), g, self.weight.to(g.dtype))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[0]}, num_classes={self.weight.shape[1]}, fixed"
+        return f"in_features={self.weight.shape[0]}, num_classes={self.weight.shape[1]}, {self.kind}"
 
 
-__all__ = ["partition_factor", "spatial_goodness", "relu_spatial_goodness", "equal_patches", "GoodnessProjection", "GOODNESS_REDUCTIONS"]
+__all__ = ["partition_factor", "spatial_goodness", "relu_spatial_goodness", "equal_patches", "GoodnessProjection", "GOODNESS_REDUCTIONS",
+           "PROJECTIONS"]

@@ -24,7 +24,8 @@ class ASGENet(nn.Module):
             that get it (None = all blocks).
         head_features: what the Fusion head reads of each block (``gap``: GAP(Y_l), the paper; ``goodness``,
             ``patch``: GAP(Y_l) and the block's patch statistics); fusion_from: first fused block (1-based,
-            the paper skips block 1: 2).
+            the paper skips block 1: 2); projection: each block's goodness projection, ``fixed`` (the paper)
+            or ``learned`` (:class:`~asge.goodness.GoodnessProjection`).
         seed: draws the conv init and the fixed projections (the run's seed).
 
     ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict; it can be
@@ -39,7 +40,8 @@ class ASGENet(nn.Module):
                  num_classes: int = 10, image_size: int = 32, alpha: float = 1.0, norm: str = "layer",
                  pool: str = "rms", goodness: str = "mean", dropout: float = 0.1, context: str = "none",
                  context_options: Optional[dict] = None, context_blocks: Optional[Sequence[int]] = None,
-                 head_features: str = "gap", fusion_from: int = 2, seed: int = 0, device=None, dtype=None):
+                 head_features: str = "gap", fusion_from: int = 2, projection: str = "fixed", seed: int = 0,
+                 device=None, dtype=None):
         super().__init__()
         if len(channels) == 0 or len(channels) != len(downsample):
             raise ValueError(f"channels ({len(channels)}) and downsample ({len(downsample)}) must be non-empty "
@@ -62,7 +64,7 @@ class ASGENet(nn.Module):
                 pool=pool, context=context if use_ctx else "none",
                 context_options=context_options if use_ctx else None,
                 dropout=dropout, goodness=goodness, head_features=head_features, first=(i == 0), generator=generator,
-                device=device, dtype=dtype))
+                projection=projection, device=device, dtype=dtype))
             c_in, size = c, blocks[-1].out_size
         self.blocks = nn.ModuleList(blocks)
         self.heads = Heads(list(channels), num_classes, generator, feature_dims=[b.head_dim for b in blocks],

@@ -60,7 +60,8 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
     common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
                   alpha=cfg.alpha, norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout,
                   context=cfg.context, context_options=cfg.context_options, context_blocks=cfg.context_blocks,
-                  head_features=cfg.head_features, fusion_from=cfg.fusion_from, seed=cfg.seed)
+                  head_features=cfg.head_features, fusion_from=cfg.fusion_from, projection=cfg.projection,
+                  seed=cfg.seed)
     if cfg.channels is not None:
         return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
     return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
