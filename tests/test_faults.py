@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -171,3 +172,158 @@ def test_random_options_never_traceback_never_half_written(from_yaml, from_flags
             assert code == 2, (argv, err.getvalue())
             assert err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue(), (argv, err.getvalue())
         assert not out.exists(), f"{argv} left {sorted(p.name for p in out.iterdir())}"
+
+
+# -- property: the commands that read runs, on run directories in every state -------------------------------
+STATES = ("finished", "unfinished", "corrupt", "finished", "missing", "empty", "file", "no-epoch", "unfinished")
+CORRUPTIBLE = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt")
+
+
+@pytest.fixture(scope="session")
+def run_states(tmp_path_factory):
+    """Tiny digits runs, built once per session: finished (2 epochs, with an earlier report in RUN/report),
+    unfinished (stopped after epoch 1 of 3), no-epoch (stopped before any epoch ended); an empty directory,
+    a plain file, an image and a file that is not one."""
+    import shutil
+    import torch
+    from PIL import Image
+    from asge.train import fit
+    root = tmp_path_factory.mktemp("run-states")
+    tiny = dict(dataset="digits", channels=[4, 4], downsample=[False, True], progress="none", device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(TrainConfig(**tiny, epochs=2, out=str(root / "finished")), log=lambda *_: None)
+
+        def stop(epoch, record):
+            raise Accepted
+        with pytest.raises(Accepted):
+            fit(TrainConfig(**tiny, epochs=3, out=str(root / "unfinished")), on_epoch_end=stop, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    (root / "finished" / "report").mkdir()
+    (root / "finished" / "report" / "report.md").write_text("an earlier report\n")
+    shutil.copytree(root / "unfinished", root / "no-epoch")
+    (root / "no-epoch" / "checkpoints" / "best.pt").unlink()
+    (root / "no-epoch" / "metrics.jsonl").unlink()
+    (root / "empty").mkdir()
+    (root / "file").write_text("not a run\n")
+    (root / "images").mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "images" / "a.png")
+    (root / "images" / "b.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+@st.composite
+def run_path(draw, work: Path):
+    """A RUN argument in one of STATES (a corrupt run: one of its files truncated, emptied or overwritten)."""
+    state = draw(st.sampled_from(STATES))
+    if state != "corrupt":
+        return str(work / state)
+    import shutil
+    name = f"corrupt-{draw(st.integers(0, 10 ** 6))}"
+    if not (work / name).exists():
+        shutil.copytree(work / draw(st.sampled_from(["finished", "unfinished"])), work / name)
+    victim = work / name / draw(st.sampled_from(CORRUPTIBLE))
+    if victim.exists():
+        data = victim.read_bytes()
+        how = draw(st.sampled_from(["truncate", "empty", "garbage"]))
+        victim.write_bytes(data[:len(data) // 2] if how == "truncate" else b"" if how == "empty" else
+                           bytes(draw(st.lists(st.integers(0, 255), min_size=1, max_size=40))))
+    return str(work / name)
+
+
+def pick(draw, flag: str, good: list, bad: tuple = ()) -> list[str]:
+    """``[flag, value]``, the value mostly one of ``good`` and sometimes one of ``bad``; or nothing."""
+    value = draw(st.sampled_from([None, *good * 2, None, *bad]))
+    return [] if value is None else [flag, value]
+
+
+@st.composite
+def command(draw, work: Path) -> list[str]:
+    """Random arguments for eval, predict, export, report or bench, over run directories in every state."""
+    name = draw(st.sampled_from(["eval", "predict", "export", "report", "bench"]))
+    under_file, fresh = str(work / "file" / "x"), str(work / "new" / "out")
+    strategy = pick(draw, "--strategy", ["best", "fusion", "last"], ("bets",))
+    if name == "eval":
+        argv = [draw(run_path(work)), *pick(draw, "--strategy", ["all", "best", "fusion", "last"], ("bets",)),
+                *pick(draw, "--batch-size", ["1", "100"], ("0", "x")), *pick(draw, "--device", ["cpu"], ("meta",)),
+                *pick(draw, "--progress", ["none", "lines"], ("loud",)),
+                *pick(draw, "--data-root", [], (str(work / "missing"), str(work))),
+                *draw(st.sampled_from([[], ["--per-class"]]))]
+    elif name == "predict":
+        image_paths = [str(work / "images"), str(work / "images" / "a.png"), str(work / "images" / "b.png")]
+        paths = draw(st.lists(st.sampled_from(image_paths * 2 + [str(work / "missing"), str(work / "empty")]),
+                              min_size=1, max_size=3))
+        argv = [draw(run_path(work)), *paths, *strategy, *pick(draw, "--top-k", ["1", "3"], ("0", "x")),
+                *pick(draw, "--format", ["table", "csv", "json"], ("xml",)),
+                *pick(draw, "--batch-size", ["1", "64"], ("0",))]
+    elif name == "export":
+        argv = [draw(run_path(work)), "--format", draw(st.sampled_from(["torchscript", "safetensors", "onnx"] * 3
+                                                                        + ["pdf"])),
+                *strategy, *pick(draw, "--out", [fresh + ".pt"], (under_file, str(work / "empty")))]
+    elif name == "report":
+        argv = [*draw(st.lists(run_path(work), min_size=1, max_size=3)),
+                *pick(draw, "--out", [fresh, str(work / "finished" / "report")], (under_file,)),
+                *draw(st.sampled_from([[], [], ["--labels", "a"], ["--labels", ","]])),
+                *draw(st.sampled_from([[], ["--force"]]))]
+    else:
+        argv = [*pick(draw, "--model", ["digits", "quick"], ("resnet",)), *pick(draw, "--width", ["0.25"], ("-1", "x")),
+                *pick(draw, "--steps", ["1"], ("0",)), *pick(draw, "--out", [fresh], (under_file,)),
+                *pick(draw, "--context", ["ge", "none"], ("median",)),
+                *pick(draw, "--context-option", ["extent=0"], ("foo=1", "groups")),
+                *pick(draw, "--dataset", ["synthetic", "digits"], ("svhn",)), *pick(draw, "--device", ["cpu"], ("meta",))]
+    junk = draw(st.sampled_from([[]] * 12 + [["--eopchs", "3"], ["--strat", "best"], ["--formt=json"]]))
+    return [name, *argv, *junk]
+
+
+def snapshot(root: Path) -> dict:
+    """{path: bytes or None (a directory)} of everything under ``root``."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_commands_on_runs_in_every_state_never_traceback_never_overwrite(run_states, data, monkeypatch):
+    """eval, predict, export, report and bench with random arguments, on missing, empty, unfinished,
+    finished and corrupt run directories: exit code 0, 1 (predict: an unreadable image) or 2 with one line
+    (an unfinished run: a note before it), no traceback; nothing that existed is changed, and a refusal
+    writes nothing at all. bench's measurement, ONNX export and report drawing stop where they would start."""
+    import shutil
+    import asge.bench
+    import asge.export
+    import asge.report
+
+    def accepted(*args, **kwargs):
+        raise Accepted
+    monkeypatch.setattr(asge.bench, "bench_one", accepted)
+    monkeypatch.setattr(asge.export, "export_onnx", accepted)
+    monkeypatch.setattr(asge.report, "_write_report", accepted)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "w"
+        shutil.copytree(run_states, work)
+        argv = data.draw(command(work), label="argv")
+        before = snapshot(work)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+            except Accepted:
+                code = None
+        text = err.getvalue()
+        assert "Traceback" not in text, (argv, text)
+        after = snapshot(work)
+        assert {k: v for k, v in after.items() if k in before} == before, f"{argv} changed what was there"
+        if code is None:
+            return
+        assert code in (0, 1, 2), (argv, code, text)
+        if code == 1:
+            assert argv[0] == "predict" and "asge: cannot read" in text, (argv, text)
+        if code == 2:
+            lines = text.strip().splitlines()
+            assert 1 <= len(lines) <= 2 and lines[-1].startswith(f"asge {argv[0]}: error: "), (argv, text)
+            assert all(line.startswith(f"asge {argv[0]}: note: ") for line in lines[:-1]), (argv, text)
+            assert after == before, f"{argv} was refused but wrote {sorted(set(after) - set(before))}"

@@ -466,9 +466,7 @@ def run(args: argparse.Namespace) -> int:
     from .recipes import recipe_defaults
     check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
                           dict(args.context_option or []))
-    from .run import make_directory
-    out = make_directory(args.out, "bench directory (--out)", AsgeError)
-    results = []
+    configs = []                          # every configuration checked before anything is written
     for width in args.width:
         options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,
                        data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
@@ -483,6 +481,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(options)
         cfg = cfg.resolved()
         cfg.dataset = args.dataset
+        configs.append((width, cfg))
+    from .run import make_directory
+    out = make_directory(args.out, "bench directory (--out)", AsgeError)
+    results = []
+    for width, cfg in configs:
         print(f"{args.model} width {width:g}, batch {args.batch_size}, {args.steps} timed steps per method "
               f"on {device} ({torch.get_num_threads()} threads)", flush=True)
         results.append(bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,

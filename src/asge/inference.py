@@ -163,7 +163,8 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict, dict]:
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is damaged or not a safetensors file ({str(e).splitlines()[0][:200]})") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path} is damaged or not a safetensors file ({reason})") from None
     if meta.get("format") != SAFETENSORS_FORMAT or "asge" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not one written by `asge export` "
                               f"(expected format {SAFETENSORS_FORMAT})")

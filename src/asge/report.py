@@ -129,7 +129,7 @@ def load_run(path: str | Path, label: Optional[str] = None) -> Run:
         raise
     except (ValueError, yaml.YAMLError) as e:     # json.JSONDecodeError is a ValueError
         raise RunDirError(f"{path} holds a damaged run file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]})") from None
+                          f"{(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
     except OSError as e:
         raise RunDirError(f"cannot read the run {path}: {e.strerror or e}") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("test_accuracy"), dict):

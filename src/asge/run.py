@@ -112,7 +112,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles with code: all refused the same way
         raise CheckpointError(f"checkpoint {path} is damaged or not an asge checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an asge checkpoint (expected format {CHECKPOINT_FORMAT})")
     return ckpt
