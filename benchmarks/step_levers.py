@@ -36,6 +36,14 @@ from asge.train import Backprop, LocalLearning
 from asge.train.loop import build_model
 
 
+class TorchDropout(nn.Dropout):
+    """``nn.Dropout``, taking (and ignoring: it has no generator argument) the block's dropout generator, so
+    its masks come from the global RNG; the lever measures the mask's cost, not its numbers."""
+
+    def forward(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        return super().forward(x)
+
+
 @contextlib.contextmanager
 def levers_off(off: set[str]):
     """Patch the levers named in ``off`` back to their plain versions while the body runs."""
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
             net = build_model(c, info).train()
             if "dropout16" in off:
                 for b in net.blocks:
-                    b.dropout = nn.Dropout(b.dropout.p)
+                    b.dropout = TorchDropout(b.dropout.p)
             m = (LocalLearning if method == "asge" else Backprop)(net, c, 10_000, torch.device("cpu"))
         if hasattr(m, "start_epoch"):
             m.start_epoch(0)
