@@ -1,14 +1,17 @@
-"""The GPU check (run by ``benchmarks/gpu_check.sh``): CUDA tests, ``asge bench`` on CUDA in fp32 and bf16,
-and full-width VGG8 Fashion-MNIST runs of both methods, all written to one JSON.
+"""The GPU check (run by ``benchmarks/gpu_check.sh``): CUDA tests, the host time per step (``asge bench
+--overhead``), ``asge bench`` on CUDA in fp32 and bf16 at widths 0.5 and 1, eager and with the whole step as
+a CUDA graph (``--cuda-graphs on``), with peak memory, and full-width VGG8 Fashion-MNIST runs of both
+methods (3 epochs, graphed), all written to one JSON.
 
     python benchmarks/gpu_check.py --out DIR [--data DIR] [--tiny] [--budget SECONDS]
 
 Every section runs as its own subprocess with its own time limit; its result (or its failure, its time-out,
 the reason it was skipped) is written to ``DIR/gpu_check.json`` as soon as it ends, so a run cut short
 keeps what it measured. A section that fails does not stop the others. Sections start only while the
-overall budget (default 450 s: the check must fit in 8 minutes on one H100) leaves room for them.
+overall budget (default 540 s: 9 minutes on one H200) leaves room for them.
 ``--tiny``: the same sections with a small model and a few steps on whatever device there is (CPU here):
-seconds on an idle machine, for the test suite (its limits are generous: a shared machine is slow).
+seconds on an idle machine, for the test suite (its limits are generous: a shared machine is slow); the
+graphed sections are recorded as skipped where there is no CUDA.
 """
 from __future__ import annotations
 
@@ -83,7 +86,8 @@ def bench_results(path: Path):
         report = json.loads((path / "bench.json").read_text())
         rows = []
         for r in report["results"]:
-            rows.append({k: r.get(k) for k in ("model", "width", "batch_size", "device", "amp", "images_per_second",
+            rows.append({k: r.get(k) for k in ("model", "width", "batch_size", "device", "amp", "cuda_graphs",
+                                               "cuda_graph_pool_bytes", "images_per_second",
                                                "speed_ratio", "chunk_speed_ratio_median", "cuda_peak_bytes",
                                                "saved_activation_bytes", "memory_ratio", "achieved_gflops")})
             if r.get("cuda_peak_bytes"):
@@ -106,11 +110,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", help="folder with the four Fashion-MNIST .gz files (default: asge's own search)")
     ap.add_argument("--tiny", action="store_true", help="small model, few steps, any device: seconds")
-    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 450; --tiny 900)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 540; --tiny 900)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    c = Check(out, args.budget or (900.0 if args.tiny else 450.0), args)
+    c = Check(out, args.budget or (900.0 if args.tiny else 540.0), args)
     py = sys.executable
     cli = [py, "-m", "asge"]
 
@@ -131,24 +135,51 @@ def main(argv=None) -> int:
 
     # 1. The tests that need CUDA (they skip without it), then the fast-path tests on this device's CPU side.
     c.run("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
-          + ([] if args.tiny else ["tests/test_fast_paths.py"]), 120 if args.tiny else 100,
+          + ([] if args.tiny else ["tests/test_fast_paths.py", "tests/test_capture.py", "tests/test_lean_step.py"]),
+          120 if args.tiny else 150,
           parse=lambda s: {"summary": (s.strip().splitlines() or [""])[-1]})
 
-    # 2. asge bench on CUDA: images/s and peak allocated memory of both methods, fp32 then bf16.
+    cuda = env.get("cuda_available", False)
+
+    # 2. Host time per step (VGG8 width 1/32, batch 1, 1 thread, steps alternating): the per-call work.
+    c.run("overhead", cli + ["bench", "--overhead", "--device", device, "--overhead-steps", "5" if args.tiny else "100",
+                             "--out", str(out / "overhead")], 60,
+          parse=lambda s: {k: json.loads((out / "overhead" / "overhead.json").read_text())[k]
+                           for k in ("median_ms", "ratio", "device", "threads")})
+
+    # 3. asge bench on CUDA: images/s and peak memory of both methods, fp32 then bf16, eager then graphed.
     if args.tiny:
-        widths, bench_args = ["0.25"], ["--model", "digits", "--batch-size", "8", "--steps", "1", "--warmup", "0",
+        widths, bench_args = ["0.25"], ["--model", "digits", "--batch-size", "8", "--steps", "1", "--warmup", "2",
                                         "--chunk", "1", "--no-matmul-peak"]
     else:
-        widths, bench_args = ["0.25", "0.5", "1"], ["--model", "vgg8", "--steps", "24", "--warmup", "3",
-                                                    "--chunk", "4"]
+        widths, bench_args = ["0.5", "1"], ["--model", "vgg8", "--steps", "24", "--warmup", "5", "--chunk", "4"]
     for amp in ("none", "bf16"):
-        name = "bench_fp32" if amp == "none" else "bench_bf16"
-        path = out / name
-        c.run(name, cli + ["bench", "--device", device, "--amp", amp, "--width", *widths, *bench_args,
-                            "--out", str(path)], 120 if args.tiny else 90, parse=bench_results(path),
-              needs=10 if args.tiny else 40)
+        for graphs in ("off", "on"):
+            name = ("bench_fp32" if amp == "none" else "bench_bf16") + ("_graphs" if graphs == "on" else "")
+            if graphs == "on" and not cuda:
+                c.record(name, {"status": "skipped", "reason": "no CUDA device: CUDA graphs do not apply"})
+                continue
+            path = out / name
+            c.run(name, cli + ["bench", "--device", device, "--amp", amp, "--cuda-graphs", graphs, "--width",
+                               *widths, *bench_args, "--out", str(path)], 120 if args.tiny else 75,
+                  parse=bench_results(path), needs=10 if args.tiny else 30)
+    graphed = {}
+    for amp in ("fp32", "bf16"):
+        eager_rows = c.report["sections"].get(f"bench_{amp}", {}).get("results") or []
+        graph_rows = c.report["sections"].get(f"bench_{amp}_graphs", {}).get("results") or []
+        for e, g in zip(eager_rows, graph_rows):
+            ips_e, ips_g = e["images_per_second"], g["images_per_second"]
+            graphed[f"{amp}_w{e['width']:g}"] = {
+                "graphed_asge_over_bp": ips_g["asge"] / ips_g["bp"], "eager_asge_over_bp": ips_e["asge"] / ips_e["bp"],
+                "asge_graphed_over_eager": ips_g["asge"] / ips_e["asge"],
+                "bp_graphed_over_eager": ips_g["bp"] / ips_e["bp"],
+                "eager_cuda_peak_ratio": e.get("cuda_peak_ratio"),
+                "graph_pool_bytes": g.get("cuda_graph_pool_bytes")}
+    if graphed:
+        c.report["graphs_vs_eager"] = graphed
+        c.write()
 
-    # 3. Whole runs, one method after the other: full-width VGG8 on Fashion-MNIST (digits when tiny).
+    # 4. Whole runs, one method after the other: full-width VGG8 on Fashion-MNIST (digits when tiny), graphed.
     if args.tiny:
         run_args = ["--dataset", "fashion-mnist" if args.data else "digits", "--model", "digits", "--width", "0.25",
                     "--epochs", "1", "--subset", "256", "--batch-size", "32"]
@@ -162,6 +193,7 @@ def main(argv=None) -> int:
         path = out / f"train_{method}"
         t = time.monotonic()
         res = c.run(f"train_{method}", cli + ["train", *run_args, "--device", device, "--method", method,
+                                               "--cuda-graphs", "on" if cuda else "off",
                                                "--progress", "lines", "--out", str(path)],
                     150 if args.tiny else 130, parse=train_results(path), needs=10 if args.tiny else 60)
         if res["status"] == "ok":

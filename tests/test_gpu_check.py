@@ -46,9 +46,15 @@ def test_gpu_check_tiny_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
-    assert list(sections) == ["environment", "tests", "bench_fp32", "bench_bf16", "train_asge", "train_bp"]
-    assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in sections}, \
-        {k: (v["status"], v.get("error")) for k, v in sections.items()}
+    assert list(sections) == ["environment", "tests", "overhead", "bench_fp32", "bench_fp32_graphs", "bench_bf16",
+                              "bench_bf16_graphs", "train_asge", "train_bp"]
+    graphs = {"bench_fp32_graphs", "bench_bf16_graphs"}
+    cuda = sections["environment"]["cuda_available"]
+    assert {k: v["status"] for k, v in sections.items()} == \
+        {k: "skipped" if k in graphs and not cuda else "ok" for k in sections}, \
+        {k: (v["status"], v.get("error") or v.get("reason")) for k, v in sections.items()}
+    assert cuda or all("no CUDA" in sections[k]["reason"] for k in graphs)
+    assert sections["overhead"]["median_ms"]["asge"] > 0 and sections["overhead"]["ratio"] > 0
     for name in ("bench_fp32", "bench_bf16"):
         (row,) = sections[name]["results"]
         assert row["images_per_second"]["asge"] > 0 and row["images_per_second"]["bp"] > 0
