@@ -395,8 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         mod.add_arguments(p)
+        show_defaults(p)
         p.set_defaults(func=mod.run)
     return parser
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option that has a default and does not say it."""
+    import re
+    for action in p._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings or action.default is None \
+                or isinstance(action.default, bool) or action.default == argparse.SUPPRESS \
+                or re.search(r"\bdefault\b", action.help or ""):
+            continue
+        value = action.default
+        text = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+            if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
+        action.help = f"{action.help or ''} (default: {text})".strip()
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
