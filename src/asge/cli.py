@@ -259,7 +259,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
         for recipe, keys in RECIPES.items():
             if key in keys:
                 text += f"; {keys[key]} with --recipe {recipe}"
-        action.help = f"{action.help or ''} (default: {text})".strip()
+        action.help = f"{action.help or ''} (default: {text.replace('%', '%%')})".strip()
 
 
 CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "augment", "test_split",
@@ -411,7 +411,7 @@ def show_defaults(p: argparse.ArgumentParser) -> None:
         value = action.default
         text = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
             if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
-        action.help = f"{action.help or ''} (default: {text})".strip()
+        action.help = f"{action.help or ''} (default: {text.replace('%', '%%')})".strip()
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
