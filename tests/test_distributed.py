@@ -104,7 +104,7 @@ def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
 
     out, err = finish(full)
     assert full.returncode == 0, out[-3000:] + err[-3000:]
-    assert "asge: error" not in err and out.count("  run directory  ") == 1   # rank 0 alone reports
+    assert ": error:" not in err and out.count("  run directory  ") == 1   # rank 0 alone reports
     assert "step 17/68" in out                                                # progress: lines
     metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]     # written once, not once per rank
