@@ -129,6 +129,6 @@ def test_a_dead_rank_stops_the_others_with_one_line_naming_it(tmp_path):
     os.kill(victim, signal.SIGKILL)
     _, err = finish(run)                                # bounded: the subprocess timeout, far below 60 minutes
     assert run.returncode != 0
-    ours = [line for line in err.splitlines() if line.startswith("asge:")]
+    ours = [line for line in err.splitlines() if line.startswith(("asge:", "asge train:"))]
     assert len(ours) == 1, err[-3000:]
     assert f"rank 1 (process {victim} on " in ours[0] and "died" in ours[0] and "--resume" in ours[0]
