@@ -156,6 +156,15 @@ def test_context_options_with_no_context_and_abbreviated_flags_are_refused(tmp_p
     assert not (tmp_path / "r").exists()
 
 
+def test_ablate_refuses_an_option_key_no_module_of_its_grid_takes_before_training(tmp_path, capsys):
+    for option, message in (("foo=1", "no context module of the grid takes the option 'foo'"),
+                            ("ge:groups=2", "context 'ge' (GatherExcite) has no option 'groups'")):
+        code, _, err = in_process(capsys, "ablate", "--pools", "rms", "--contexts", "none,sge,ge", "--context-option",
+                                  option, "--epochs", "1", "--out", tmp_path / "abl")
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "abl").exists()
+
+
 def test_context_blocks_without_the_context_get_no_options():
     net = asge.ASGENet([8, 8, 8], [False, True, False], in_channels=1, image_size=8, context="sge",
                        context_options={"groups": 4}, context_blocks=[2])

@@ -113,6 +113,20 @@ def split_context_options(options: Optional[dict]) -> tuple[dict, dict[str, dict
     return common, per
 
 
+def check_option_keys(common: dict, per: dict[str, dict], contexts: Sequence[str]) -> None:
+    """Before anything is trained, one line for an option key that cannot apply: a ``NAME:KEY`` that module
+    ``NAME`` does not take, or a ``KEY`` that no context module of the grid takes. (A value a module refuses,
+    or a common key that only some modules take, fails those settings only, recorded with the error.)"""
+    from .layers.context import check_context_options, context_option_keys
+    for name, opts in per.items():
+        check_context_options(name, opts)
+    takers = {c: context_option_keys(c) for c in dict.fromkeys(contexts) if c != "none"}
+    for key in common:
+        if takers and not any(keys is None or key in keys for keys in takers.values()):
+            taken = "; ".join(f"{c}: {', '.join(keys) or 'none'}" for c, keys in takers.items())
+            raise ValueError(f"no context module of the grid takes the option {key!r} (they take {taken})")
+
+
 def options_for(context: str, common: dict, per: dict[str, dict]) -> dict:
     """The kwargs that ``context`` gets: the common ones, overridden by its own; none for ``none``."""
     if context == "none":
@@ -219,6 +233,7 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
         per.setdefault(CONTEXTS.check(name), {}).update(opts)
     reference = (base_cfg.pool, base_cfg.context)
     settings = grid_settings(pools, contexts, grid, reference)
+    check_option_keys(common, per, [c for _, c in settings])
     out = Path(out_dir)
     with RunLock(out, log=log):           # one ablation per directory; each setting's run locks its own
         return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command,
