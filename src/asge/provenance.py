@@ -87,10 +87,10 @@ def _file_entries(files: list[Path]) -> list[dict]:
 
 def data_source(cfg, data=None) -> dict:
     """The data a run read: ``{"dir": the directory, "files": [{name, bytes, sha256}]}`` (image folders:
-    ``{"dir", "train_dir", "test_dir", "images"}`` instead of files). Uses ``data.source`` (the directory,
-    when the loader records it), else finds the files the loaders would find, in their order."""
+    ``{"dir", "images"}`` instead of files). Uses ``data.info.root`` (the directory the loader read), else
+    finds the files the loaders would find, in their order."""
     name = cfg.dataset.lower().replace("_", "-")
-    recorded = getattr(data, "source", None)
+    recorded = getattr(data, "source", None) or getattr(getattr(data, "info", None), "root", None)
     if name == "digits":
         try:
             import sklearn.datasets
