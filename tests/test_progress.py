@@ -154,3 +154,32 @@ def test_eval_shows_progress_on_stderr(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert f"fusion: {summary['test_accuracy']['fusion']:.2f}%" in r.stdout
     assert "test step 6/6  360/360 images" in r.stderr                     # quarter-epoch lines, as asked
+
+
+def test_stop_signal_during_the_final_test_leaves_a_run_that_resume_tests(tmp_path, single_thread, monkeypatch):
+    cfg = dict(TINY, epochs=1, progress="none")
+    run = tmp_path / "run"
+    real = loop.evaluate
+
+    def evaluate(net, split, *a, **k):
+        if k.get("confusion"):                       # the final test: a signal after its first batch
+            batches = split.batches
+
+            def signalling(*ba, **bk):
+                for i, batch in enumerate(batches(*ba, **bk)):
+                    if i == 0:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    yield batch
+            split.batches = signalling
+        try:
+            return real(net, split, *a, **k)
+        finally:
+            split.__dict__.pop("batches", None)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    with pytest.raises(Preempted, match="while testing the best-validation model"):
+        fit(TrainConfig(**cfg, out=str(run)), log=quiet)
+    assert not (run / "summary.json").exists()
+    monkeypatch.setattr(loop, "evaluate", real)
+    summary = fit(TrainConfig(**cfg, out=str(run)), resume=True, log=quiet)
+    assert (run / "summary.json").is_file() and summary["epochs"] == 1
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]

@@ -617,7 +617,10 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         log(f"testing the best-validation model (epoch {best['epoch']}) on {len(data.test)} images")
     try:
         test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world,
-                        progress=bar, confusion=True)
+                        progress=bar, confusion=True, should_stop=lambda: stop_signal(stop, world))
+    except EvaluationStopped as e:        # training is done and checkpointed: --resume only tests
+        raise preempted(e.signum, "while testing the best-validation model (training is finished and saved; "
+                                  "--resume tests it)") from None
     finally:
         bar.close()
     if not main:
