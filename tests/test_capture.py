@@ -124,3 +124,46 @@ def test_cuda_graphs_flag_in_the_cli_and_config(tmp_path, capsys):
 
 def test_graphed_step_is_a_wrapper_with_the_methods_interface():
     assert GraphedStep.__getattr__ is not None and hasattr(GraphedStep, "load_state_dict")
+
+
+def test_graphed_step_host_logic_with_a_stand_in_graph(monkeypatch):
+    """GraphedStep's own logic on the CPU, with a stand-in for the CUDA graph whose replay runs device_step
+    on the static buffers: warm-up steps eager, one capture, every later full-size step a replay between
+    begin_step and end_step, a smaller batch eager; the result equals plain eager training bitwise."""
+    from contextlib import nullcontext
+    from asge.train import graphs
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    captures = []
+
+    def capture(self):
+        captures.append(self.eager_full)
+        self.graph = type("Replay", (), {"replay": lambda _: self.method.device_step(self.static_x, self.static_y)})()
+    monkeypatch.setattr(graphs.GraphedStep, "capture", capture)
+
+    def run(method, wrap):
+        m = make(method, "paper")
+        m.cfg.batch_size = 4
+        if wrap:
+            m = graphs.GraphedStep(m, warmup=2)
+        g = torch.Generator().manual_seed(3)
+        for step in range(7):
+            n = 3 if step == 5 else 4
+            m.train_step(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g), step)
+        return m
+    for method in ("asge", "bp"):
+        captures.clear()
+        eager, graphed = run(method, False), run(method, True)
+        assert captures == [2]                                # after two eager warm-up steps, once
+        for a, b in zip(eager.net.state_dict().values(), graphed.net.state_dict().values()):
+            assert torch.equal(a, b)
+        for k in ("loss_sum", "correct", "first_bad_step"):
+            assert torch.equal(getattr(eager, k), getattr(graphed, k))
+        assert graphed.seen == eager.seen == 27 and graphed.lrs() == eager.lrs()
+        graphed.load_state_dict(eager.state_dict())           # new optimizer tensors: capture again
+        assert graphed.graph is None

@@ -106,7 +106,7 @@ def graph_run(method: str, amp: str, graphed: bool, steps: int = 7):
     from asge.train.graphs import GraphedStep
     torch.manual_seed(0)
     torch.cuda.manual_seed(0)
-    cfg = TrainConfig(lr=1e-2, amp=amp, method=method, channels_last=amp == "bf16").resolved()
+    cfg = TrainConfig(lr=1e-2, amp=amp, method=method, channels_last=amp == "bf16", batch_size=16).resolved()
     net = net_on(CUDA)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -142,7 +142,7 @@ def test_graphed_steps_equal_eager_steps_bitwise(method, amp, deterministic_cudn
 @pytest.mark.parametrize("method", ["asge", "bp"])
 def test_a_replay_makes_no_host_sync(method):
     from asge.train.graphs import GraphedStep
-    cfg = TrainConfig(lr=1e-3, method=method).resolved()
+    cfg = TrainConfig(lr=1e-3, method=method, batch_size=8).resolved()
     m = (LocalLearning if method == "asge" else Backprop)(net_on(CUDA), cfg, 20, CUDA)
     if hasattr(m, "start_epoch"):
         m.start_epoch(7)

@@ -67,7 +67,8 @@ def use_cuda_graphs(cfg, device: torch.device, world=None, log: Callable[[str], 
 
 class GraphedStep:
     """Wraps a method (``LocalLearning`` or ``Backprop``): same interface, but ``train_step`` replays one
-    captured ``device_step`` for every batch of the captured size. ``warmup``: eager full-size steps first."""
+    captured ``device_step`` for every batch of ``cfg.batch_size`` images (x (B, C, H, W) in one layout,
+    labels (B,)). ``warmup``: eager full-size steps first."""
 
     def __init__(self, method, warmup: int = 3):
         self.method, self.warmup = method, max(1, warmup)   # (the optimizer state is made at a first step)
@@ -82,10 +83,13 @@ class GraphedStep:
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         m = self.method
+        if x.shape[0] != m.cfg.batch_size:
+            m.train_step(x, labels, step)     # a smaller (last) batch: eager
+            return
         if self.static_x is None:
             self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(labels)   # keeps x's layout
         if x.shape != self.static_x.shape or x.stride() != self.static_x.stride() or x.dtype != self.static_x.dtype:
-            m.train_step(x, labels, step)     # a smaller (last) batch: eager
+            m.train_step(x, labels, step)     # not the captured layout: eager
             return
         if self.graph is None and self.eager_full < self.warmup:
             self.side.wait_stream(torch.cuda.current_stream())
@@ -112,7 +116,7 @@ class GraphedStep:
             graph = torch.cuda.CUDAGraph()
             for gen in getattr(m, "generators", []):
                 graph.register_generator_state(gen)
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):   # (data-loading threads)
                 m.device_step(self.static_x, self.static_y)
         finally:
             for group in groups:
