@@ -39,6 +39,7 @@ def test_summary_records_version_commit_command_data_and_machine(tmp_path):
     run = tmp_path / "run"
     r = cli("train", *SMALL, "--epochs", "1", "--out", str(run))
     assert r.returncode == 0, r.stderr
+    assert "after 1 epoch," in r.stdout and "1 epochs" not in r.stdout        # the summary table, singular
     s = json.loads((run / "summary.json").read_text())
     p = s["provenance"]
     assert p["asge_version"] == asge.__version__
