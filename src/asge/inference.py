@@ -117,10 +117,11 @@ def open_best_checkpoint(run: RunDir, cfg: TrainConfig) -> tuple[dict, Optional[
         raise RunDirError(f"{run.path} holds no trained network (no checkpoints/best.pt)")
     ckpt = load_checkpoint(run.best_checkpoint)
     state = ckpt.get("model")
-    if not isinstance(state, dict) or cfg.method != "asge" or run.summary_file.is_file() \
-            or "best_block" not in state or int(state["best_block"]) >= 1:
+    if not isinstance(state, dict) or run.summary_file.is_file():
         return ckpt, None
     epoch = ckpt.get("epoch")
+    if cfg.method != "asge" or "best_block" not in state or int(state["best_block"]) >= 1:
+        return ckpt, f"{run.path} has not finished: using its best-validation checkpoint (epoch {epoch})"
     l_star = validation_best_block(run, epoch)
     if l_star is None:
         return ckpt, (f"{run.path} has not finished and records no validation accuracy per block for its best "
@@ -145,7 +146,7 @@ def load_run(path: Union[str, Path], device="cpu") -> ASGENet:
     run = RunDir(path)
     cfg = run.read_config()
     ckpt, note = open_best_checkpoint(run, cfg)
-    summary = read_summary_if_any(run)
+    summary = read_summary_if_any(run) or {"best_epoch": ckpt.get("epoch"), "finished": False}
     info = data_info(cfg, ckpt["model"], ckpt.get("data") or summary.get("data"))
     net = build_model(cfg, info)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
