@@ -98,6 +98,11 @@ def test_val_subset_is_fixed_and_the_test_is_whole(tmp_path):
     a, b = split_subset(val, 50), split_subset(val, 50)
     assert len(a) == 50 and same_tensors(a.images, b.images) and same_tensors(a.labels, b.labels)
     assert split_subset(val, 10 ** 6) is val and split_subset(val, None) is val
+    from asge.data.folders import FolderSplit
+    folder = FolderSplit([(f"img{i}.png", i % 3) for i in range(20)], 16, num_workers=0)
+    sub = split_subset(folder, 5)
+    assert isinstance(sub, FolderSplit) and len(sub) == 5 and sub.image_size == 16
+    assert sub.samples == split_subset(folder, 5).samples and set(sub.samples) <= set(folder.samples)
     summary = fit(TrainConfig(**TINY, epochs=1, val_subset=7, progress="none", out=str(tmp_path / "run")))
     (record,) = RunDir(tmp_path / "run").read_metrics()
     assert all(round(a * 7 / 100, 6).is_integer() for a in record["val"]["block_acc"])  # 7 images
