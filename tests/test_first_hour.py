@@ -222,6 +222,12 @@ def test_resume_where_there_is_no_run_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = in_process(capsys, "train", "--out", tmp_path / "empty", "--resume")
     assert code == 2 and "holds no run to resume (no checkpoints/last.pt)" in err
+    code, _, err = in_process(capsys, "train", "--resume")
+    assert code == 2 and "--resume needs --out" in err
+    (tmp_path / "afile").write_text("x")
+    code, _, err = in_process(capsys, "train", "--out", tmp_path / "afile", "--resume")
+    assert code == 2 and "is a file, not a run directory" in err
+    (tmp_path / "afile").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any((tmp_path / "empty").iterdir())
 
 
