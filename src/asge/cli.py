@@ -425,8 +425,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -
 
 
 def report_error(e: Exception, command: Optional[str] = None) -> None:
-    """``asge COMMAND: error: ...`` on one line (the prefix of argparse's errors too). In a torchrun group, one line for the whole group: the first rank to
-    fail prints it (naming itself), the others stay quiet."""
+    """``asge COMMAND: error: ...`` on one line (the prefix of argparse's errors too). In a torchrun group, one
+    line for the whole group: the first rank to fail prints it (naming itself), the others stay quiet."""
     message = " ".join(str(e).split()) or type(e).__name__
     from .train.distributed import launched_by_torchrun
     if launched_by_torchrun():

@@ -78,7 +78,8 @@ def validation_best_block(run: RunDir, epoch: int) -> Optional[int]:
     """l* as training chooses it when it ends (the block with the best validation accuracy at the
     best-validation ``epoch``), from ``metrics.jsonl`` or ``last.pt``; None when neither records that epoch."""
     acc = next((r["val"]["block_acc"] for r in run.read_metrics()
-                if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("val"), dict) and r["val"].get("block_acc")), None)
+                if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("val"), dict)
+                and r["val"].get("block_acc")), None)
     if acc is None and run.last_checkpoint.is_file():
         try:
             best = load_checkpoint(run.last_checkpoint).get("best") or {}
@@ -194,5 +195,6 @@ def load(path: Union[str, Path], device="cpu") -> ASGENet:
     raise RunDirError(f"{p} is neither a run directory nor a .safetensors file written by `asge export`")
 
 
-__all__ = ["load", "load_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available", "load_safetensors", "read_safetensors", "data_info", "default_strategy",
+__all__ = ["load", "load_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available",
+           "read_summary_if_any", "load_safetensors", "read_safetensors", "data_info", "default_strategy",
            "check_run_strategy", "SAFETENSORS_FORMAT"]
