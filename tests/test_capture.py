@@ -113,6 +113,8 @@ def test_cuda_graphs_on_a_cpu_is_refused_in_one_line_and_auto_is_off():
 
 def test_cuda_graphs_flag_in_the_cli_and_config(tmp_path, capsys):
     from asge.cli import main
+    assert main(["bench", "--cuda-graphs", "on", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
+    assert "--cuda-graphs on: CUDA graphs need a CUDA device" in capsys.readouterr().err
     assert main(["train", "--cuda-graphs", "on", "--device", "cpu", "--epochs", "1", "--progress", "none",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

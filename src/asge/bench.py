@@ -460,8 +460,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise AsgeError(f"--{name.replace('_', '-')} must be positive")
     device = resolve_device(args.device)
-    if args.cuda_graphs == "on" and device.type != "cuda":
-        raise AsgeError(f"--cuda-graphs on needs a CUDA device (this bench runs on {device.type})")
+    if args.cuda_graphs == "on":
+        from .train.graphs import graphs_blocker
+        why = graphs_blocker(args, device)
+        if why is not None:
+            raise AsgeError(f"--cuda-graphs on: {why}")
     from .layers.context import check_context_options
     from .recipes import recipe_defaults
     check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
