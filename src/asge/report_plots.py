@@ -276,7 +276,7 @@ def plot_confusion(runs: list[Run], path: Path) -> Optional[Path]:
         if len(m) <= 12:
             for i, row in enumerate(pct):
                 for j, v in enumerate(row):
-                    if v >= 0.5:
+                    if round(v) >= 1:
                         ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
                                 color="white" if v > 60 else "#222")
         acc = run.summary["test_accuracy"][run.headline]
