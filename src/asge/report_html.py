@@ -169,7 +169,9 @@ def comparison_line(runs: list[Run]) -> str:
 
 def machine_of(r: Run) -> str:
     """The processor a run's speeds were measured on (older runs recorded only cpu / cuda)."""
-    return str(r.summary.get("device_name") or r.summary.get("device") or "unknown")
+    if r.summary.get("device_name"):
+        return str(r.summary["device_name"])
+    return f"{r.summary.get('device') or 'a device'} (its model not recorded: the run predates device_name)"
 
 
 def machine_note(runs: list[Run]) -> str:
