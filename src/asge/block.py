@@ -53,19 +53,25 @@ def beta_map(conv: nn.Conv2d, beta: torch.Tensor, h: int, w: int) -> torch.Tenso
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or isinstance(pad, str):
         return conv._conv_forward(beta.view(1, -1, 1, 1).expand(1, -1, h, w), conv.weight, None)
     taps = (conv.weight * beta.view(1, -1, 1, 1)).sum(1)                       # (C_out, k, k)
-    rows = tap_rows(h, k[0], pad[0], taps.device, taps.dtype)
-    cols = tap_rows(w, k[1], pad[1], taps.device, taps.dtype)
+    rows_of = inside_taps if torch.compiler.is_compiling() else tap_rows       # (a compiled graph folds them)
+    rows = rows_of(h, k[0], pad[0], taps.device, taps.dtype)
+    cols = rows_of(w, k[1], pad[1], taps.device, taps.dtype)
     return (rows @ taps @ cols.T).unsqueeze(0)
+
+
+def inside_taps(n: int, k: int, p: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The constant 0/1 matrix R (n + 2p - k + 1, k) of :func:`beta_map`: ``R[y, t] = 1`` where tap t of
+    output row y falls inside a map of side n."""
+    pos = torch.arange(n + 2 * p - k + 1, device=device)[:, None] + torch.arange(k, device=device) - p
+    return ((pos >= 0) & (pos < n)).to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
 def tap_rows(n: int, k: int, p: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The constant 0/1 matrix R (n + 2p - k + 1, k) of :func:`beta_map`: ``R[y, t] = 1`` where tap t of
-    output row y falls inside a map of side n. Built once per (n, k, p, device, dtype) and kept: no kernel
-    launches in the step (and one fixed address, as a CUDA graph needs)."""
+    """:func:`inside_taps`, built once per (n, k, p, device, dtype) and kept: no kernel launches in the step
+    (and one fixed address, as a CUDA graph needs)."""
     with torch.inference_mode(False), torch.no_grad():
-        pos = torch.arange(n + 2 * p - k + 1, device=device)[:, None] + torch.arange(k, device=device) - p
-        return ((pos >= 0) & (pos < n)).to(dtype)
+        return inside_taps(n, k, p, device, dtype)
 
 
 class ASGEBlock(nn.Module):
