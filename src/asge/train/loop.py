@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import signal
 import sys
 import time
@@ -317,7 +318,8 @@ def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Op
         raise AsgeError(f"{run.path} does not exist: there is no run to resume (without --resume a new run "
                         "starts there)")
     from ..lock import check_not_locked
-    check_not_locked(run.path)            # a run in progress there: say who holds it
+    if int(os.environ.get("RANK", "0")) == 0:   # torchrun: rank 0 may hold the lock already when rank 1 looks
+        check_not_locked(run.path)        # a run in progress there: say who holds it
     if run.summary_file.is_file() and run.checkpoint_exists():
         try:
             summary = json.loads(run.summary_file.read_text())
