@@ -54,10 +54,14 @@ COLOUR_CONFIGS = {
     "plus+context-none": ["--recipe", "plus", "--context", "none"],
     "plus+batch-64": ["--recipe", "plus", "--batch-size", "64"],
     "plus+dropout-0": ["--recipe", "plus", "--dropout", "0"],
+    "paper+augment-none": ["--augment", "none"],
     "plus+alpha-2": ["--recipe", "plus", "--alpha", "2"],
     "paper+alpha-2": ["--alpha", "2"],
     "plus+learned": ["--recipe", "plus", "--projection", "learned"],
     "paper+learned": ["--projection", "learned"],
+    "plus+learned+lr-5e-3": ["--recipe", "plus", "--projection", "learned", "--lr", "5e-3"],
+    "plus+learned+batch-64": ["--recipe", "plus", "--projection", "learned", "--batch-size", "64"],
+    "bp+batch-64": ["--method", "bp", "--batch-size", "64"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
@@ -85,6 +89,7 @@ CANDIDATES = {
     "plus+head-patch": ["--recipe", "plus", "--head-features", "patch"],
     "plus+fusion-from-2": ["--recipe", "plus", "--fusion-from", "2"],
     "plus+ge-minus": ["--recipe", "plus", "--context", "ge-minus"],
+    "colour": ["--recipe", "colour"],
 }
 
 
