@@ -17,7 +17,7 @@ from asge.model import ASGENet
 from asge.train import Backprop, LocalLearning
 from asge.train import optim as optim_mod
 from asge.train.local import channels_last, dropout_seed, local_forward
-from asge.train.optim import BlockOptimizer, DeviceLRAdamW
+from asge.train.optim import DeviceLRAdamW
 
 
 def make_net(cfg) -> ASGENet:

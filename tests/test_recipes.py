@@ -90,7 +90,7 @@ def test_recipe_defaults_yield_to_yaml_and_flags(tmp_path):
 def test_unknown_recipe_is_one_line(capsys):
     assert main(["train", "--recipe", "fancy", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "asge train: error: unknown recipe 'fancy'; valid: paper, plus"
+    assert err == "asge train: error: unknown recipe 'fancy'; valid: paper, plus, colour"
 
 
 def test_plus_on_cifar_files_needs_no_other_flag(tmp_path, single_thread):

@@ -116,8 +116,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
     g.add_argument("--subset", type=int, help="train on a random subset of N training images (from --seed)")
     g.add_argument("--input-size", type=int, help="image side for imagefolder/imagenet")
-    g.add_argument("--augment", help="training augmentation: auto (default: the dataset's own), none, hflip, "
-                                     "crop-flip, cifar")
+    g.add_argument("--augment", help="training augmentation; auto: the dataset's own (CIFAR and ImageFolder trees "
+                                     "of S x S images: cifar; Fashion-MNIST: hflip; digits, MNIST: none; larger "
+                                     "images: RandomResizedCrop + flip); crop-flip: 4 px padded crop + flip")
     g.add_argument("--test-split", type=int, metavar="N",
                    help="imagefolder without test/: hold back N class-balanced images of train/ (seed 42) "
                         "as the test split")
@@ -192,6 +193,7 @@ def option_choices() -> dict:
     contexts also take your own module by import path."""
     from .config import METHODS
     from .data import DATASETS
+    from .data.augment import AUGMENTATIONS
     from .goodness import GOODNESS_REDUCTIONS
     from .heads import HEAD_FEATURES
     from .layers import CONTEXTS, NORMS, POOLS
@@ -200,7 +202,7 @@ def option_choices() -> dict:
     return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
             "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
             "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": ["none", "bf16", "fp16"],
-            "progress": ["auto", "bar", "lines", "none"]}
+            "progress": ["auto", "bar", "lines", "none"], "augment": ["auto", *AUGMENTATIONS]}
 
 
 def _preset_values(key: str) -> str:
@@ -256,9 +258,13 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
             text = f"{value:g}"
         else:
             text = str(value)
+        by_value: dict[str, list[str]] = {}          # the recipes that set this key, grouped by value
         for recipe, keys in RECIPES.items():
             if key in keys:
-                text += f"; {keys[key]} with --recipe {recipe}"
+                by_value.setdefault(f"{keys[key]:g}" if isinstance(keys[key], float) else str(keys[key]),
+                                    []).append(recipe)
+        for v, recipes in by_value.items():
+            text += f"; {v} with --recipe {' or '.join(recipes)}"
         action.help = f"{action.help or ''} (default: {text.replace('%', '%%')})".strip()
 
 

@@ -94,15 +94,7 @@ def validation_best_block(run: RunDir, epoch: int) -> Optional[int]:
 
 def read_summary_if_any(run: RunDir) -> dict:
     """``summary.json`` of a run ({} before it finishes); a damaged one is a RunDirError, one line."""
-    if not run.summary_file.is_file():
-        return {}
-    try:
-        summary = json.loads(run.summary_file.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{run.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(summary, dict):
-        raise RunDirError(f"{run.summary_file} is damaged (not a JSON object)")
-    return summary
+    return run.read_summary_if_any()
 
 
 def open_best_checkpoint(run: RunDir, cfg: TrainConfig) -> tuple[dict, Optional[str]]:

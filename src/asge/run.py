@@ -191,11 +191,24 @@ class RunDir:
         atomic_write(self.summary_file, lambda f: f.write(text.encode()))
 
     def read_summary(self) -> dict:
+        """``summary.json`` of a finished run; anything else (not a run, unfinished, damaged) is one line."""
         if not self.config_file.is_file():
             raise RunDirError(f"{self.path} is not an asge run directory (no config.yaml)")
         if not self.summary_file.is_file():
             raise RunDirError(f"{self.path} is a run that has not finished (no summary.json yet)")
-        return json.loads(self.summary_file.read_text())
+        return self.read_summary_if_any()
+
+    def read_summary_if_any(self) -> dict:
+        """``summary.json`` ({} before the run finishes); a damaged one is a :class:`RunDirError`, one line."""
+        if not self.summary_file.is_file():
+            return {}
+        try:
+            summary = json.loads(self.summary_file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{self.summary_file} is damaged (not a JSON object)")
+        return summary
 
     def checkpoint_exists(self) -> bool:
         return self.last_checkpoint.is_file()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import signal
 import sys
@@ -321,12 +320,7 @@ def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Op
     if int(os.environ.get("RANK", "0")) == 0:   # torchrun: rank 0 may hold the lock already when rank 1 looks
         check_not_locked(run.path)        # a run in progress there: say who holds it
     if run.summary_file.is_file() and run.checkpoint_exists():
-        try:
-            summary = json.loads(run.summary_file.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise AsgeError(f"{run.summary_file} is damaged ({' '.join(str(e).split())[:200]})") from None
-        if not isinstance(summary, dict):
-            raise AsgeError(f"{run.summary_file} is damaged (not a JSON object)")
+        summary = run.read_summary_if_any()           # damaged: one line
         ckpt = load_checkpoint(run.last_checkpoint)        # damaged or foreign: said here
         if extends(cfg.resolved(), TrainConfig.from_dict(ckpt["config"])):
             return None                   # --epochs beyond the finished run's: fit extends it
