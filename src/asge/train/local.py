@@ -2,7 +2,8 @@
 
 For every batch, for every block l:
     X_l is detached (no gradient ever crosses a block boundary),
-    Y_l = block_l.features(X_l),  a_l = W_l g(Y_l) + b_l  (fixed random projection of patch goodness),
+    Y_l = block_l.features(X_l),  a_l = W_l g(Y_l) + b_l  (fixed random projection of patch goodness;
+        with --projection learned, W_l and b_l are block l's parameters too),
     X_{l+1} = block_l.transmit(Y_l) is handed on *before* block l's update (the seed's two branches),
     block l's gradient comes from CrossEntropy(a_l, y) alone.
 Then one fused AdamW step updates every block at once: block l+1's input was computed before block l's
