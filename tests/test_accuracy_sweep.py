@@ -51,3 +51,15 @@ def test_one_real_tiny_run_and_resume_from_its_summary(sweep, tmp_path, capsys):
     assert (kept / "metrics.jsonl").is_file() and not (kept / "checkpoints").exists()
     assert sweep.main(args) == 0                       # read back, not trained again
     assert json.loads((tmp_path / "sweep.json").read_text())["tiny/paper-s0"] == result
+
+
+def test_colour_suite_runs_on_a_held_back_test_split_and_needs_its_data(sweep, tmp_path, capsys):
+    runs = sweep.suite_runs("colour", [0, 1], tiny=False)
+    names = {name for _, name, _ in runs}
+    assert {"paper-s0", "plus-s1", "colour-s0", "colour-s1", "bp-s1", "bp+augment-none-s0"} <= names
+    for _, name, flags in runs:
+        assert flags[:4] == ["--dataset", "imagefolder", "--test-split", "5000"] and flags[-2:] == ["--seed", name[-1]]
+    assert dict(zip(*[iter(next(f for _, n, f in runs if n == "colour-s0"))] * 2))["--recipe"] == "colour"
+    # without --colour-data nothing is started, and the sweep says why
+    assert sweep.main(["--suite", "colour", "--seeds", "0", "--only", "paper", "--out", str(tmp_path)]) == 1
+    assert "the colour suite needs --colour-data DIR" in json.loads((tmp_path / "sweep.json").read_text())["colour/paper-s0"]["error"]
