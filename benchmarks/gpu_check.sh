@@ -11,11 +11,4 @@
 # whole check stays within --budget (default 540 s, for 9 minutes on one H200). Installs this package with
 # `pip install --no-deps -e .` first when it is not importable (the GPU machine has torch and the other
 # dependencies but not asge). Run from anywhere; it works in the repository root.
-set -u
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
-if ! "$PY" -c "import asge" >/dev/null 2>&1; then
-    echo "gpu_check: installing asge (pip install --no-deps -e .)"
-    "$PY" -m pip install --quiet --no-deps -e . || { echo "gpu_check: install failed" >&2; }
-fi
-exec "$PY" benchmarks/gpu_check.py "$@"
+exec "$(dirname "$0")/run_python.sh" gpu_check "$@"

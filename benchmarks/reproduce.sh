@@ -12,11 +12,4 @@
 # DIR/block_curve.json, DIR/report/ (val_blocks.png: the per-block curve) and DIR/run (resumed if cut short).
 # --tiny: a 1/16-width VGG8 for 2 epochs on any device (seconds; the test suite runs it). Installs asge with
 # `pip install --no-deps -e .` when it is not importable (a bare GPU machine has torch but not asge).
-set -u
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
-if ! "$PY" -c "import asge" >/dev/null 2>&1; then
-    echo "reproduce: installing asge (pip install --no-deps -e .)"
-    "$PY" -m pip install --quiet --no-deps -e . || { echo "reproduce: install failed" >&2; }
-fi
-exec "$PY" benchmarks/reproduce.py "$@"
+exec "$(dirname "$0")/run_python.sh" reproduce "$@"
