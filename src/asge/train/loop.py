@@ -457,6 +457,11 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     partial, extensions, init = None, [], None
     if world is not None:                 # every rank starts from the main rank's weights and checkpoint
         ckpt = world.broadcast_object(ckpt)
+    if ckpt is None and cfg.init_from:    # before run.create: a bad source leaves nothing written
+        init = load_init_weights(net, cfg.init_from)
+        if run is not None:
+            log(f"starting from the model weights of {init['path']} (epoch {init['epoch']}); optimizer and "
+                "schedule are new")
     if ckpt is not None:
         load_model_state(net, ckpt["model"], cfg.out)
         method.load_state_dict(ckpt["method"])
@@ -487,14 +492,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
             if run is not None:
                 run.create(cfg)           # config.yaml records the new length (a later --resume reads it)
     elif run is not None:
-        if cfg.init_from:
-            init = load_init_weights(net, cfg.init_from)
-            log(f"starting from the model weights of {init['path']} (epoch {init['epoch']}); optimizer and "
-                "schedule are new")
         run.create(cfg)
         run.truncate_metrics(0)
-    if ckpt is None and cfg.init_from and run is None:
-        init = load_init_weights(net, cfg.init_from)
     if world is not None:
         world.broadcast_module(net)
 
