@@ -92,11 +92,6 @@ def validation_best_block(run: RunDir, epoch: int) -> Optional[int]:
     return 1 + max(range(len(acc)), key=lambda i: acc[i])
 
 
-def read_summary_if_any(run: RunDir) -> dict:
-    """``summary.json`` of a run ({} before it finishes); a damaged one is a RunDirError, one line."""
-    return run.read_summary_if_any()
-
-
 def open_best_checkpoint(run: RunDir, cfg: TrainConfig) -> tuple[dict, Optional[str]]:
     """(``best.pt``, a note for the user or None) of a run, finished or not, before any work is done.
 
@@ -139,7 +134,7 @@ def load_run(path: Union[str, Path], device="cpu") -> ASGENet:
     run = RunDir(path)
     cfg = run.read_config()
     ckpt, note = open_best_checkpoint(run, cfg)
-    summary = read_summary_if_any(run) or {"best_epoch": ckpt.get("epoch"), "finished": False}
+    summary = run.read_summary_if_any() or {"best_epoch": ckpt.get("epoch"), "finished": False}
     info = data_info(cfg, ckpt["model"], ckpt.get("data") or summary.get("data"))
     net = build_model(cfg, info)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
@@ -188,5 +183,5 @@ def load(path: Union[str, Path], device="cpu") -> ASGENet:
 
 
 __all__ = ["load", "load_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available",
-           "read_summary_if_any", "load_safetensors", "read_safetensors", "data_info", "default_strategy",
+           "load_safetensors", "read_safetensors", "data_info", "default_strategy",
            "check_run_strategy", "SAFETENSORS_FORMAT"]
