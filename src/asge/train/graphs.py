@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import AsgeError
+from .optim import optimizers
 
 #: What ``--cuda-graphs auto`` means today. Flip to True once tests/test_cuda.py's graph tests have passed on
 #: a GPU (benchmarks/gpu_check.sh runs them), and say so in the README.
@@ -127,13 +128,6 @@ class GraphedStep:
         """Loading optimizer states replaces the tensors a graph reads: capture again (after warm-up)."""
         self.method.load_state_dict(state)
         self.graph, self.eager_full = None, 0
-
-
-def optimizers(method) -> list[torch.optim.Optimizer]:
-    """Every optimizer a method steps inside ``device_step``."""
-    if hasattr(method, "block_optims"):
-        return [bo.opt for bo in method.block_optims] + [method.head_opt[0]]
-    return [method.opt]
 
 
 def maybe_graphed(method, cfg, device: torch.device, world=None, log: Callable[[str], None] = print):

@@ -245,33 +245,14 @@ def extends(cfg: TrainConfig, saved: TrainConfig) -> bool:
             and not cfg.differences(dataclasses.replace(saved, epochs=cfg.epochs)))
 
 
-def cosine_schedules(method) -> list:
-    """Every cosine schedule a training method holds (blocks', heads', the backprop baseline's)."""
-    from .optim import BlockOptimizer, CosineLR
-    found, stack, seen = [], [method], set()
-    while stack:
-        o = stack.pop()
-        if id(o) in seen:
-            continue
-        seen.add(id(o))
-        if isinstance(o, CosineLR):
-            found.append(o)
-        elif isinstance(o, (list, tuple)):
-            stack.extend(o)
-        elif isinstance(o, dict):
-            stack.extend(o.values())
-        elif o is method or isinstance(o, BlockOptimizer):
-            stack.extend(vars(o).values())
-    return found
-
-
 def rebuild_schedules(method, total_steps: int) -> int:
     """Stretch every cosine schedule of ``method`` over ``total_steps`` from the step it is at: each learning
     rate becomes the closed form's value at (step, total_steps), as if the run had been asked for that
     length from its start (the per-step updates that follow stay on that curve). Returns the step."""
     import math
     step = 0
-    for sched in cosine_schedules(method):
+    from .optim import schedules
+    for sched in schedules(method):
         step = sched.last_epoch
         sched.T_max = max(1, total_steps)
         for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
