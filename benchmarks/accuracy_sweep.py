@@ -43,6 +43,7 @@ COLOUR = ["--dataset", "imagefolder", "--test-split", "5000", "--model", "vgg8",
 COLOUR_CONFIGS = {
     "paper": [], "plus": ["--recipe", "plus"], "bp": ["--method", "bp"],
     "colour": ["--recipe", "colour"],
+    "colour+batch-128": ["--recipe", "colour", "--batch-size", "128"],   # the colour recipe before batch 32
     "paper+crop-flip": ["--augment", "crop-flip"], "plus+crop-flip": ["--recipe", "plus", "--augment", "crop-flip"],
     "bp+crop-flip": ["--method", "bp", "--augment", "crop-flip"],
     "plus+augment-none": ["--recipe", "plus", "--augment", "none"],
@@ -62,6 +63,17 @@ COLOUR_CONFIGS = {
     "plus+learned+lr-5e-3": ["--recipe", "plus", "--projection", "learned", "--lr", "5e-3"],
     "plus+learned+batch-64": ["--recipe", "plus", "--projection", "learned", "--batch-size", "64"],
     "bp+batch-64": ["--method", "bp", "--batch-size", "64"],
+    "colour+dropout-0": ["--recipe", "colour", "--dropout", "0"],
+    "colour+batch-64": ["--recipe", "colour", "--batch-size", "64"],
+    "colour+lr-3e-3": ["--recipe", "colour", "--lr", "3e-3"],
+    "colour+lr-1e-3": ["--recipe", "colour", "--lr", "1e-3"],
+    "colour+head-lr-3e-2": ["--recipe", "colour", "--head-lr", "3e-2"],
+    "bp+dropout-0": ["--method", "bp", "--dropout", "0"],
+    "colour+batch-32": ["--recipe", "colour", "--batch-size", "32"],
+    "colour+batch-64+dropout-0": ["--recipe", "colour", "--batch-size", "64", "--dropout", "0"],
+    "bp+batch-32": ["--method", "bp", "--batch-size", "32"],
+    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
+    "colour+batch-32+dropout-0": ["--recipe", "colour", "--batch-size", "32", "--dropout", "0"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
@@ -90,6 +102,7 @@ CANDIDATES = {
     "plus+fusion-from-2": ["--recipe", "plus", "--fusion-from", "2"],
     "plus+ge-minus": ["--recipe", "plus", "--context", "ge-minus"],
     "colour": ["--recipe", "colour"],
+    "colour+batch-128": ["--recipe", "colour", "--batch-size", "128"],
 }
 
 
@@ -102,7 +115,7 @@ def suite_runs(suite: str, seeds: list[int], tiny: bool) -> list[tuple[str, str,
     if suite == "budget":
         configs = [(n, BUDGET + f) for n, f in {**FACTORS, **CANDIDATES}.items()]
     elif suite in ("general", "digits", "quick"):
-        picks = {n: {**FACTORS, **CANDIDATES}[n] for n in ("paper", "plus")}
+        picks = {n: {**FACTORS, **CANDIDATES}[n] for n in ("paper", "plus", "colour")}
         configs = ([(f"digits/{n}", DIGITS + f) for n, f in picks.items()] if suite != "quick" else []) + \
                   ([(f"quick-w0.5/{n}", QUICK + f) for n, f in picks.items()] if suite != "digits" else [])
     elif suite == "colour":

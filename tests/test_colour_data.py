@@ -115,7 +115,7 @@ def test_cli_trains_a_colour_tree_with_a_held_back_test_split(tmp_path):
 
 
 def test_colour_recipe_trains_a_colour_tree_alone_and_learns_its_projections(tmp_path):
-    """--recipe colour (plus, a learned goodness projection, no augmentation) on a tree of S x S colour images
+    """--recipe colour (plus, a learned goodness projection, no augmentation, small batches) on a tree of S x S colour images
     with a held-back test split: it trains, records what it set, and every block's projection moved."""
     from asge.config import TrainConfig
     from asge.recipes import RECIPES
@@ -126,7 +126,8 @@ def test_colour_recipe_trains_a_colour_tree_alone_and_learns_its_projections(tmp
                       test_split=6, channels=[8, 8], downsample=[False, True], epochs=1, progress="none",
                       out=str(tmp_path / "run"), seed=0)
     cfg = TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k not in RECIPES["colour"]})
-    assert (cfg.projection, cfg.augment, cfg.context, cfg.head_features) == ("learned", "none", "ge", "goodness")
+    assert (cfg.projection, cfg.augment, cfg.context, cfg.head_features, cfg.batch_size) == \
+        ("learned", "none", "ge", "goodness", RECIPES["colour"]["batch_size"])
     summary = fit(cfg, log=lambda *_: None)
     assert summary["recipe"] == "colour" and set(summary["test_accuracy"]) == {"fusion", "last", "best"}
     from asge import ASGENet

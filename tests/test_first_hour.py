@@ -289,7 +289,7 @@ def test_train_help_gives_every_option_a_help_and_its_default():
     assert by["pool"].metavar == "{rms,avg,max,soft}|MODULE:NAME" and by["norm"].metavar == "{layer,rms,none}"
     assert by["epochs"].help.endswith("(default: the preset's: vgg8 100, vgg11 100, quick 5, digits 30)")
     assert "quick 0.01, digits 0.01), else --lr" in by["head_lr"].help and "0.01 with --recipe plus" in by["head_lr"].help
-    assert "(default: 128)" in by["batch_size"].help and "(default: 0.1)" in by["dropout"].help
+    assert "(default: 128; 32 with --recipe colour)" in by["batch_size"].help and "(default: 0.1)" in by["dropout"].help
     assert "(default: none; ge with --recipe plus or colour)" in by["context"].help
     assert "(default: fixed; learned with --recipe colour)" in by["projection"].help
     text = train.format_help()
