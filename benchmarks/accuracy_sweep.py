@@ -74,6 +74,8 @@ COLOUR_CONFIGS = {
     "bp+batch-32": ["--method", "bp", "--batch-size", "32"],
     "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
     "colour+batch-32+dropout-0": ["--recipe", "colour", "--batch-size", "32", "--dropout", "0"],
+    "colour+head-lr-3e-3": ["--recipe", "colour", "--head-lr", "3e-3"],
+    "bp+augment-none+batch-32": ["--method", "bp", "--augment", "none", "--batch-size", "32"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
@@ -103,6 +105,7 @@ CANDIDATES = {
     "plus+ge-minus": ["--recipe", "plus", "--context", "ge-minus"],
     "colour": ["--recipe", "colour"],
     "colour+batch-128": ["--recipe", "colour", "--batch-size", "128"],
+    "colour+head-lr-3e-3": ["--recipe", "colour", "--head-lr", "3e-3"],
 }
 
 
