@@ -13,7 +13,7 @@ many seconds. Suites (the long `full` runs are started first):
 - budget: Fashion-MNIST, VGG8 x0.25, 20k training images, 3 epochs, lr 2e-3 (issue 9's budget): the paper
   recipe, each factor added to it alone, candidate improved recipes, and backprop.
 - general (= digits + quick): scikit-learn digits (its preset) and Fashion-MNIST with `quick` x0.5 (20k
-  images, 3 epochs): the paper recipe against the plus recipe, unchanged.
+  images, 3 epochs): the paper, plus and colour recipes, unchanged.
 - full: all 50k Fashion-MNIST training images, VGG8 x0.25, 10 epochs, lr 2e-3: paper, candidates, backprop.
 - colour: CIFAR-10 as a JPEG ImageFolder tree (`--colour-data DIR` holding train/), 5,000 class-balanced
   images of train/ held back as the test split (`--test-split 5000`), VGG8 x0.25, 20k training images,
@@ -71,6 +71,7 @@ COLOUR_CONFIGS = {
     "colour+batch-128+dropout-0": COLOUR_BEFORE + ["--dropout", "0"],
     "colour+batch-64+head-lr-1e-2": ["--recipe", "colour", "--batch-size", "64", "--head-lr", "1e-2"],
     "colour+head-lr-1e-2": ["--recipe", "colour", "--head-lr", "1e-2"],
+    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
@@ -101,6 +102,7 @@ CANDIDATES = {
     "colour": ["--recipe", "colour"],
     "colour+batch-128": COLOUR_BEFORE,
     "colour+head-lr-1e-2": ["--recipe", "colour", "--head-lr", "1e-2"],
+    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
 }
 
 

@@ -115,8 +115,8 @@ def test_cli_trains_a_colour_tree_with_a_held_back_test_split(tmp_path):
 
 
 def test_colour_recipe_trains_a_colour_tree_alone_and_learns_its_projections(tmp_path):
-    """--recipe colour (plus, a learned goodness projection, no augmentation, small batches) on a tree of S x S colour images
-    with a held-back test split: it trains, records what it set, and every block's projection moved."""
+    """--recipe colour (plus, a learned goodness projection, no augmentation, small batches) on a tree of S x S
+    colour images with a held-back test split: it trains, records what it set, and every block's projection moved."""
     from asge.config import TrainConfig
     from asge.recipes import RECIPES
     from asge.run import load_checkpoint

@@ -107,8 +107,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; defaults are None so that YAML and presets fill the gaps."""
     a = p.add_argument
     a("--config", help="YAML file of options (flags given here override it)")
-    a("--recipe", help="paper (the paper's recipe) or plus (the improved local recipe, docs/accuracy.md): "
-                       "sets defaults that --config and flags override")
+    a("--recipe", help="paper (the paper's recipe), plus (the improved local recipe) or colour (plus with "
+                       "learned goodness projections, no augmentation, batch 32: for short budgets; "
+                       "docs/accuracy.md): sets defaults that --config and flags override")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="dataset to train and test on")
     g.add_argument("--data-root", metavar="DIR", help="where the dataset lives: used as given, or refused if the "

@@ -4,7 +4,7 @@ flag gives it (``asge train --recipe plus --lr 1e-3``: the plus recipe with anot
 ``paper``: the paper's recipe as the paper (arXiv 2509.12394) words it (LayerNorm entry, RMS pooling, Fusion on
 GAP(Y) of blocks 2..L): every key keeps its ``TrainConfig`` default. ``plus``: the improved local recipe, chosen
 and measured in docs/accuracy.md on grey images. ``colour``: plus with a learned goodness projection, no
-augmentation, batch 32 and heads at lr 3e-3, for colour images at short budgets (docs/accuracy.md). All keep
+augmentation, batch 32 and heads at lr 3e-3, for short budgets, colour images first (docs/accuracy.md). All keep
 the method local: blocks learn only from their own local loss, the heads read detached features.
 """
 from __future__ import annotations
