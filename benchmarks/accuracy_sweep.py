@@ -208,19 +208,22 @@ def plot_blocks(results: dict, path: Path, suite: str = "budget") -> None:
     for (s, name), r in sorted(results.items()):
         if s == suite and "error" not in r:
             groups.setdefault(name.rsplit("-s", 1)[0], []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    colours = iter(plt.get_cmap("tab20").colors * 3)   # one colour per configuration, however many
+    dashes = iter([(4, 2), (1, 1), (6, 2, 1, 2), (2, 3), (8, 2), (3, 1, 1, 1)] * 3)
     for name, runs in groups.items():
         if runs[0]["method"] == "bp":
-            ax.axhline(statistics.mean(r["test_accuracy"]["last"] for r in runs), ls="--", c="k", label=f"{name} (last)")
+            ax.axhline(statistics.mean(r["test_accuracy"]["last"] for r in runs), ls=(0, next(dashes)), c="k",
+                       lw=1, label=f"{name} (last)")
             continue
         cols = list(zip(*[r["block_test_accuracy"] for r in runs]))
         mean = [statistics.mean(c) for c in cols]
         sd = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
-        ax.errorbar(range(1, len(mean) + 1), mean, yerr=sd, marker="o", capsize=3, label=name)
+        ax.errorbar(range(1, len(mean) + 1), mean, yerr=sd, marker="o", capsize=3, label=name, c=next(colours))
     ax.set_xlabel("block l")
     ax.set_ylabel("test accuracy of a_l (%)")
     ax.set_title(f"{suite}: per-block test accuracy, mean ± sd over seeds")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
