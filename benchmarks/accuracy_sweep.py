@@ -67,6 +67,7 @@ COLOUR_CONFIGS = {
     "bp+batch-64": ["--method", "bp", "--batch-size", "64"],
     "bp+batch-32": ["--method", "bp", "--batch-size", "32"],
     "bp+augment-none+batch-32": ["--method", "bp", "--augment", "none", "--batch-size", "32"],
+    "bp+batch-16": ["--method", "bp", "--batch-size", "16"],
     # the colour recipe's own path (docs/accuracy.md): from batch 128 with plus's head lr to batch 32, heads 3e-3
     "colour+batch-128+dropout-0": COLOUR_BEFORE + ["--dropout", "0"],
     "colour+batch-64+head-lr-1e-2": ["--recipe", "colour", "--batch-size", "64", "--head-lr", "1e-2"],
