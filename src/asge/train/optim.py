@@ -126,19 +126,17 @@ class BlockOptimizer:
         self.sched.load_state_dict(state["sched"])
 
 
-def optimizers(method) -> list[torch.optim.Optimizer]:
-    """Every optimizer a training method (``LocalLearning``, ``Backprop``, or a wrapper that forwards their
-    attributes, e.g. ``graphs.GraphedStep``) steps: the blocks' then the heads', or backprop's one."""
-    if hasattr(method, "block_optims"):
-        return [bo.opt for bo in method.block_optims] + [method.head_opt[0]]
-    return [method.opt]
-
-
 def schedules(method) -> list[CosineLR]:
-    """Every cosine schedule of a training method, in the order of :func:`optimizers`."""
+    """Every cosine schedule of a training method (``LocalLearning``, ``Backprop``, or a wrapper that forwards
+    their attributes, e.g. ``graphs.GraphedStep``): the blocks' then the heads', or backprop's one."""
     if hasattr(method, "block_optims"):
         return [bo.sched for bo in method.block_optims] + [method.head_opt[1]]
     return [method.sched]
+
+
+def optimizers(method) -> list[torch.optim.Optimizer]:
+    """Every optimizer a training method steps, in the order of :func:`schedules` (each schedule's own)."""
+    return [sched.optimizer for sched in schedules(method)]
 
 
 __all__ = ["DeviceLRAdamW", "CosineLR", "make_optimizer", "BlockOptimizer", "lr_dtype", "optimizers", "schedules"]
