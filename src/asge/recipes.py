@@ -9,20 +9,20 @@ the method local: blocks learn only from their own local loss, the heads read de
 """
 from __future__ import annotations
 
+PLUS = {
+    "context": "ge",                      # Gather-Excite (theta-, global extent) after each block's ReLU
+    "head_features": "goodness",          # Fusion reads GAP(Y_l) and the patch energies each block is trained on
+    "fusion_from": 1,                     # ... of every block, block 1 included
+    "head_lr": 1e-2,                      # linear heads on ~2k features lag the blocks at the blocks' lr
+}
+
 RECIPES: dict[str, dict] = {
     "paper": {},
-    "plus": {
-        "context": "ge",                  # Gather-Excite (theta-, global extent) after each block's ReLU
-        "head_features": "goodness",      # Fusion reads GAP(Y_l) and the patch energies each block is trained on
-        "fusion_from": 1,                 # ... of every block, block 1 included
-        "head_lr": 1e-2,                  # linear heads on ~2k features lag the blocks at the blocks' lr
-    },
+    "plus": PLUS,
     # plus, tuned on colour images at a short budget (docs/accuracy.md, CIFAR-10 section). It leaves the
     # paper's method in one named way: each block also learns its goodness read-out (--projection learned).
     "colour": {
-        "context": "ge",
-        "head_features": "goodness",
-        "fusion_from": 1,
+        **PLUS,
         "head_lr": 3e-3,                  # four times plus's steps: plus's 1e-2 leaves the Fusion head noisy
         "projection": "learned",          # the block's own loss also trains W_l, b_l (same initial values)
         "augment": "none",                # at 3 epochs random crops slow the blocks down more than they regularise
