@@ -41,11 +41,17 @@ COLOUR = ["--dataset", "imagefolder", "--test-split", "5000", "--model", "vgg8",
           "--subset", "20000", "--epochs", "3", "--lr", "2e-3"]
 # The colour recipe before batch 32 and heads at 3e-3 (plus + learned projection + no augmentation).
 COLOUR_BEFORE = ["--recipe", "colour", "--batch-size", "128", "--head-lr", "1e-2"]
+# The colour recipe and its steps, on CIFAR-10 (colour suite) and Fashion-MNIST (budget suite) alike.
+COLOUR_RECIPE_PATH = {
+    "colour": ["--recipe", "colour"],
+    "colour+batch-128": COLOUR_BEFORE,
+    "colour+head-lr-1e-2": ["--recipe", "colour", "--head-lr", "1e-2"],
+    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
+}
 # Colour-specific factors (docs/accuracy.md, CIFAR-10 section), for both methods where they apply.
 COLOUR_CONFIGS = {
     "paper": [], "plus": ["--recipe", "plus"], "bp": ["--method", "bp"],
-    "colour": ["--recipe", "colour"],
-    "colour+batch-128": COLOUR_BEFORE,
+    **COLOUR_RECIPE_PATH,
     "paper+crop-flip": ["--augment", "crop-flip"], "plus+crop-flip": ["--recipe", "plus", "--augment", "crop-flip"],
     "bp+crop-flip": ["--method", "bp", "--augment", "crop-flip"],
     "plus+augment-none": ["--recipe", "plus", "--augment", "none"],
@@ -71,8 +77,6 @@ COLOUR_CONFIGS = {
     # the colour recipe's own path (docs/accuracy.md): from batch 128 with plus's head lr to batch 32, heads 3e-3
     "colour+batch-128+dropout-0": COLOUR_BEFORE + ["--dropout", "0"],
     "colour+batch-64+head-lr-1e-2": ["--recipe", "colour", "--batch-size", "64", "--head-lr", "1e-2"],
-    "colour+head-lr-1e-2": ["--recipe", "colour", "--head-lr", "1e-2"],
-    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
 }
 
 # Factors added to the paper recipe one at a time, and candidate recipes (name: extra flags).
@@ -100,10 +104,7 @@ CANDIDATES = {
     "plus+head-patch": ["--recipe", "plus", "--head-features", "patch"],
     "plus+fusion-from-2": ["--recipe", "plus", "--fusion-from", "2"],
     "plus+ge-minus": ["--recipe", "plus", "--context", "ge-minus"],
-    "colour": ["--recipe", "colour"],
-    "colour+batch-128": COLOUR_BEFORE,
-    "colour+head-lr-1e-2": ["--recipe", "colour", "--head-lr", "1e-2"],
-    "colour+batch-16": ["--recipe", "colour", "--batch-size", "16"],
+    **COLOUR_RECIPE_PATH,
 }
 
 
