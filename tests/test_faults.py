@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -327,3 +328,30 @@ def test_commands_on_runs_in_every_state_never_traceback_never_overwrite(run_sta
             assert 1 <= len(lines) <= 2 and lines[-1].startswith(f"asge {argv[0]}: error: "), (argv, text)
             assert all(line.startswith(f"asge {argv[0]}: note: ") for line in lines[:-1]), (argv, text)
             assert after == before, f"{argv} was refused but wrote {sorted(set(after) - set(before))}"
+
+
+# -- a network with BatchNorm layers and a batch of one image ----------------------------------------------
+def test_a_last_batch_of_one_image_is_left_out_when_batchnorm_layers_train(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--channels", "8,16v,16", "--subset", "129", "--batch-size", "64", "--progress", "none"]
+    assert main(["train", "--context", "ge", "--epochs", "1", "--out", str(out), *small]) == 0
+    text = capsys.readouterr().out
+    assert ("each epoch's last batch would hold 1 image of 129, which the BatchNorm layers of context 'ge' "
+            "cannot train on: it is left out (128 images per epoch)") in text
+    train = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train"]
+    assert all(abs(a * 128 / 100 - round(a * 128 / 100)) < 1e-9 for a in train["block_acc"])   # counts of 128
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["images"] == 128
+    # without BatchNorm layers the image is trained on
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "plain"), *small]) == 0
+    assert "left out" not in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["images"] == 129
+
+
+def test_batch_size_one_with_batchnorm_layers_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "plus", "--batch-size", "1", "--epochs", "1", "--out", str(out),
+                 "--channels", "8,16v,16", "--subset", "64", "--progress", "none"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert ("--batch-size 1 cannot train this network: the BatchNorm layers of context 'ge' need at least 2 "
+            "images per training batch; use --batch-size 2 or more") in err
+    assert not out.exists()

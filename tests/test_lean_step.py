@@ -254,3 +254,16 @@ def test_bench_overhead_prints_both_medians_and_the_ratio(tmp_path, capsys):
     assert re.search(r"ASGE/BP [\d.]+x", out) and "goal" not in out.lower()
     assert main(["bench", "--overhead", "--overhead-steps", "1", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_bench_overhead_of_a_recipe_with_batchnorm_layers_runs_at_batch_2(tmp_path, capsys):
+    import json
+    from asge.cli import main
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--overhead", "--recipe", "plus", "--overhead-steps", "2", "--warmup", "1",
+                     "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "overhead.json").read_text())["batch_size"] == 2
+    assert "batch 2 (the BatchNorm layers of context 'ge' need 2 images)" in capsys.readouterr().out

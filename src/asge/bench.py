@@ -444,8 +444,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       help="skip measuring the fp32 matmul peak")
     a("--out", default="bench", help="directory for bench.json (default ./bench)")
     a("--overhead", action="store_true",
-      help="instead: host time per step, ASGE vs BP, at VGG8 width 1/32 (channels 4..16), batch 1, 1 thread, "
-           "steps alternating (the per-call work that bounds small GPU steps); writes overhead.json")
+      help="instead: host time per step, ASGE vs BP, at VGG8 width 1/32 (channels 4..16), batch 1 "
+           "(2 with BatchNorm layers), 1 thread, steps alternating (the per-call work that bounds small GPU steps); writes overhead.json")
     a("--overhead-steps", type=int, default=200, help="timed steps per method for --overhead (default 200)")
 
 

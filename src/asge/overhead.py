@@ -43,6 +43,16 @@ def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -
     return methods, batches
 
 
+def smallest_batch(cfg: TrainConfig) -> int:
+    """The smallest batch ``cfg``'s network trains on: 2 if it has BatchNorm layers, else 1."""
+    from .data import DatasetInfo
+    from .presets import get_preset
+    from .train.loop import batch_norm_names, build_model
+    size = cfg.input_size or get_preset(cfg.model)["image_size"]
+    net = build_model(cfg, DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size))
+    return 2 if batch_norm_names(net) else 1
+
+
 def measure_overhead(cfg: TrainConfig, device: torch.device, *, steps: int = 200, warmup: int = 10) -> dict:
     """Per-step host time (ms) of both methods over ``steps`` alternating steps each, after ``warmup``.
 
@@ -78,7 +88,8 @@ def format_overhead(r: dict) -> str:
 
 
 def run_overhead(args) -> int:
-    """``asge bench --overhead``: VGG8 (``--model``) at width 1/32, batch 1, one thread (``--threads`` to
+    """``asge bench --overhead``: VGG8 (``--model``) at width 1/32, batch 1 (2 for a network with BatchNorm
+    layers, e.g. ``--recipe plus``'s context), one thread (``--threads`` to
     change it), ``--overhead-steps`` alternating steps per method; prints the medians and their ratio and
     writes ``OUT/overhead.json``."""
     import json
@@ -94,8 +105,12 @@ def run_overhead(args) -> int:
     cfg = TrainConfig.from_dict(dict(recipe=args.recipe, dataset="digits", model=args.model, width=1 / 32,
                                      batch_size=1, lr=args.lr, seed=args.seed, device=str(device),
                                      amp=args.amp)).resolved()
-    print(f"{args.model} width 1/32, batch 1, {torch.get_num_threads()} thread(s) on {device}: "
-          f"{args.overhead_steps} alternating steps per method", flush=True)
+    why = ""
+    if smallest_batch(cfg) > 1:          # a context with BatchNorm layers cannot train on one image
+        cfg = dataclasses.replace(cfg, batch_size=smallest_batch(cfg))
+        why = f" (the BatchNorm layers of context {cfg.context!r} need 2 images)"
+    print(f"{args.model} width 1/32, batch {cfg.batch_size}{why}, {torch.get_num_threads()} thread(s) on "
+          f"{device}: {args.overhead_steps} alternating steps per method", flush=True)
     r = measure_overhead(cfg, device, steps=args.overhead_steps, warmup=max(args.warmup, 10))
     r.update(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), torch=torch.__version__, recipe=args.recipe,
              load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)

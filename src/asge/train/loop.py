@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import TrainConfig
 from ..data import load_data
@@ -65,6 +66,29 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
     if cfg.channels is not None:
         return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
     return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
+
+
+def batch_norm_names(net: nn.Module) -> list[str]:
+    """Qualified names of ``net``'s BatchNorm layers (context modules may hold them): in training they need
+    at least two values per channel, so a batch of one image cannot train them."""
+    return [name for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def train_drop_last(net: nn.Module, cfg: TrainConfig, num_images: int, log: Callable[[str], None]) -> bool:
+    """Whether each epoch leaves out its last batch: only when it would hold one image and ``net`` has
+    BatchNorm layers (said once through ``log``). A ``--batch-size`` of 1 with them is refused."""
+    norms = batch_norm_names(net)
+    if not norms:
+        return False
+    where = f"context {cfg.context!r}" if cfg.context != "none" else norms[0]
+    if cfg.batch_size < 2:
+        raise AsgeError(f"--batch-size {cfg.batch_size} cannot train this network: the BatchNorm layers of "
+                        f"{where} need at least 2 images per training batch; use --batch-size 2 or more")
+    if num_images % cfg.batch_size != 1:
+        return False
+    log(f"each epoch's last batch would hold 1 image of {num_images}, which the BatchNorm layers of {where} "
+        f"cannot train on: it is left out ({num_images - 1} images per epoch)")
+    return True
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -426,7 +450,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     net = build_model(cfg, data.info).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    steps_per_epoch = data.train.num_batches(cfg.batch_size)
+    drop_last = train_drop_last(net, cfg, len(data.train), log if main else (lambda _: None))
+    steps_per_epoch = data.train.num_batches(cfg.batch_size, drop_last)
     method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
                                                       **(method_kwargs or {}))
     method = maybe_graphed(method, cfg, device, world, log)     # --cuda-graphs (graphs.py)
@@ -509,7 +534,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         t0 = time.perf_counter()
         try:
             for step, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, augment=True,
-                                                             seed=seed, device=device, start=first), first):
+                                                             seed=seed, device=device, drop_last=drop_last,
+                                                             start=first), first):
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 method.train_step(x, y, step)
