@@ -11,48 +11,19 @@ from .errors import RunDirError
 from .heads import STRATEGIES
 from .inference import check_run_strategy, open_best_checkpoint
 from .run import RunDir, load_model_state
-from .train.loop import build_model, load_run_data, resolve_device
+from .train.loop import build_model, evaluate, load_run_data, output_rows, resolve_device
 
 
-@torch.no_grad()
-def class_counts(net, split, strategy: str, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct, total) per class, each int64 (N,), of ``net.predict(x, strategy)`` on ``split``; Best stops
-    after block l* (early exit)."""
-    net.eval()
-    correct = torch.zeros(net.num_classes, dtype=torch.long, device=device)
-    total = torch.zeros_like(correct)
-    for x, y in split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device):
-        hit = net.predict(x, strategy).argmax(1) == y
-        total += torch.bincount(y, minlength=net.num_classes)
-        correct += torch.bincount(y[hit], minlength=net.num_classes)
-    return correct, total
-
-
-@torch.no_grad()
 def confusion_matrices(net, split, strategies, batch_size: int, device, progress=None) -> dict:
     """{strategy: int64 (N, N) confusion matrix, rows = true class, columns = predicted} of ``net`` on
-    ``split``, every strategy from one pass over the split (Best: block l*'s a_l, as its early exit
-    computes it). ``progress`` (:class:`~asge.train.loop.Progress`) shows the batches done."""
-    net.eval()
-    n = net.num_classes
-    out = {s: torch.zeros(n * n, dtype=torch.long, device=device) for s in strategies}
-    l_star = int(net.best_block) if "best" in strategies else 0
+    ``split``, every strategy from one pass over the split (the training loop's test evaluation; Best reads
+    block l*'s a_l). ``progress`` (:class:`~asge.train.loop.Progress`) shows the batches done."""
+    l_star = int(net.best_block)
     if "best" in strategies and l_star < 1:
         raise RuntimeError("the best block has not been chosen yet")
-    seen = 0
-    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
-        if set(strategies) == {"best"}:
-            ys, feats = net.forward_features(x, upto=l_star)
-        else:
-            ys, feats = net.forward_features(x)
-        for s in strategies:
-            scores = (net.blocks[l_star - 1].local_logits(ys[l_star - 1]) if s == "best"
-                      else net.heads.fusion_logits(feats) if s == "fusion" else net.heads.last_logits(feats))
-            out[s] += torch.bincount(y * n + scores.argmax(1), minlength=n * n)
-        seen += y.shape[0]
-        if progress is not None and progress.wants(i):
-            progress.update(i, f"{seen}/{len(split)} images")
-    return {s: m.view(n, n) for s, m in out.items()}
+    counts = evaluate(net, split, batch_size, device, progress=progress, confusion=True)["confusion"]
+    rows = output_rows(len(net.blocks), l_star)
+    return {s: counts[rows[s]] for s in strategies}
 
 
 def percent(correct, total) -> float:

@@ -82,7 +82,7 @@ def validation_best_block(run: RunDir, epoch: int) -> Optional[int]:
                 and r["val"].get("block_acc")), None)
     if acc is None and run.last_checkpoint.is_file():
         try:
-            best = load_checkpoint(run.last_checkpoint).get("best") or {}
+            best = load_checkpoint(run.last_checkpoint, mmap=True).get("best") or {}
         except CheckpointError:
             best = {}
         if best.get("epoch") == epoch and best.get("val"):

@@ -103,13 +103,16 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write(Path(path), lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f), CheckpointError)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load with ``weights_only=True`` (never unpickles code). Damaged or foreign files raise CheckpointError."""
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load with ``weights_only=True`` (never unpickles code). Damaged or foreign files raise CheckpointError.
+
+    ``mmap``: map the tensors' bytes instead of reading them (for a caller that reads only the small parts,
+    such as the configuration: the weights are then never read from disk)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, pickles with code: all refused the same way
         raise CheckpointError(f"checkpoint {path} is damaged or not an asge checkpoint "
                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None

@@ -110,15 +110,14 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
     every rank gets the whole split's numbers (each rank must call this at the same point).
     ``progress`` shows the batches done; ``should_stop()`` (a signal number, 0: go on; a collective in
     data-parallel runs) is asked after every batch, and a nonzero answer raises :class:`EvaluationStopped`.
-    ``confusion``: also ``confusion``, int64 (L + 2, N, N) counts (rows = true class) of every output,
-    blocks then Fusion and Last, for up to :data:`CONFUSION_MAX_CLASSES` classes."""
+    ``confusion``: also ``confusion``, int64 (L + 2, N, N) counts (rows = true class, columns = predicted)
+    of every output, blocks then Fusion and Last (:func:`output_rows` says which row a strategy reads)."""
     net.eval()
     L = len(net.blocks)
     correct = torch.zeros(L + 2, dtype=torch.long, device=device)
     loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
     n = 0
     N = net.num_classes
-    confusion = confusion and N <= CONFUSION_MAX_CLASSES
     counts = torch.zeros((L + 2) * N * N, dtype=torch.long, device=device) if confusion else None
     for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
         if should_stop is not None:
@@ -159,6 +158,12 @@ def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocas
     if counts is not None:
         out["confusion"] = counts.view(L + 2, N, N).cpu()
     return out
+
+
+def output_rows(num_blocks: int, best_block: int) -> dict:
+    """Which row of ``evaluate``'s (L + 2, ...) outputs each strategy reads: Fusion L, Last L + 1, Best the
+    block l* (1-based ``best_block``; -1 when it is not chosen)."""
+    return {"fusion": num_blocks, "last": num_blocks + 1, "best": best_block - 1}
 
 
 def headline_strategy(method: str) -> str:
@@ -326,7 +331,8 @@ def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Op
         check_not_locked(run.path)        # a run in progress there: say who holds it
     if run.summary_file.is_file() and run.checkpoint_exists():
         summary = run.read_summary_if_any()           # damaged: one line
-        ckpt = load_checkpoint(run.last_checkpoint)        # damaged or foreign: said here
+        ckpt = load_checkpoint(run.last_checkpoint, mmap=True)   # damaged or foreign: said here; its
+        #                                                          weights are mapped, not read (fit loads them)
         if extends(cfg.resolved(), TrainConfig.from_dict(ckpt["config"])):
             return None                   # --epochs beyond the finished run's: fit extends it
         diff = cfg.resolved().differences(TrainConfig.from_dict(ckpt["config"]))
@@ -619,7 +625,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         log(f"testing the best-validation model (epoch {best['epoch']}) on {len(data.test)} images")
     try:
         test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world,
-                        progress=bar, confusion=True, should_stop=lambda: stop_signal(stop, world))
+                        progress=bar, confusion=net.num_classes <= CONFUSION_MAX_CLASSES,
+                        should_stop=lambda: stop_signal(stop, world))
     except EvaluationStopped as e:        # training is done and checkpointed: --resume only tests
         raise preempted(e.signum, "while testing the best-validation model (training is finished and saved; "
                                   "--resume tests it)") from None
@@ -644,8 +651,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         summary.update(block_test_accuracy=[], best_block=None,
                        parameters={"blocks": counts["blocks"], "last": counts["last"]})
     if "confusion" in test:               # rows = true class, columns = predicted, on the test split
-        L = len(net.blocks)
-        rows = {"fusion": L, "last": L + 1, "best": (summary.get("best_block") or 0) - 1}
+        rows = output_rows(len(net.blocks), summary.get("best_block") or 0)
         summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
     from ..provenance import device_name, provenance
     summary["device_name"] = device_name(device)
