@@ -105,6 +105,22 @@ def train_results(path: Path):
     return parse
 
 
+def check_arguments(data, out: Path):
+    """What is wrong with ``--data`` / ``--out`` (one line), or None: ``--data`` must hold the four
+    Fashion-MNIST files; ``--out`` must not hold an earlier check's results."""
+    if (out / "gpu_check.json").exists():
+        return f"--out {out} already holds a GPU check (gpu_check.json); choose another --out"
+    if data is None:
+        return None
+    if not Path(data).is_dir():
+        return f"--data {data}: not a directory (expected the folder with the four Fashion-MNIST .gz files)"
+    from asge.data.in_memory import idx_files
+    missing = idx_files(Path(data))[1]
+    if missing:
+        return f"--data {data} lacks {', '.join(missing)} (expected the four Fashion-MNIST .gz files)"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -113,6 +129,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default 540; --tiny 900)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
+    problem = check_arguments(args.data, out)
+    if problem:                          # before anything runs: minutes of GPU time are not spent on it
+        print(f"gpu_check: error: {problem}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     c = Check(out, args.budget or (900.0 if args.tiny else 540.0), args)
     py = sys.executable

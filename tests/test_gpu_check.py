@@ -61,3 +61,20 @@ def test_gpu_check_tiny_runs_end_to_end(tmp_path):
     assert sections["bench_bf16"]["results"][0]["amp"] == "bf16"
     assert sections["train_asge"]["train_seconds"] > 0 and sections["train_bp"]["test_accuracy"]["last"] >= 0
     assert report["whole_run"]["train_seconds_ratio_bp_over_asge"] > 0 and report["finished"]
+
+
+def test_bad_data_or_a_used_out_is_refused_before_anything_runs(tmp_path):
+    script = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")]
+    (tmp_path / "empty").mkdir()
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "gpu_check.json").write_text("{}")
+    cases = [(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")], "not a directory"),
+             (["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "b")],
+              "lacks train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte"),
+             (["--out", str(used)], "already holds a GPU check (gpu_check.json); choose another --out")]
+    for argv, message in cases:
+        p = subprocess.run(script + argv, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert (used / "gpu_check.json").read_text() == "{}"

@@ -115,6 +115,14 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def idx_files(directory: Path) -> tuple[dict, list[str]]:
+    """The four MNIST-layout files in ``directory`` (plain or .gz, either spelling): ({role: path} of those
+    found, [stems of those missing])."""
+    found = {role: _find_idx(Path(directory), stem) for role, (stem, _) in _IDX_FILES.items()}
+    return ({r: p for r, p in found.items() if p is not None},
+            [_IDX_FILES[r][0] for r, p in found.items() if p is None])
+
+
 def load_mnist_like(name: str, root, *, download, subset, seed, device, input_size) -> Data:
     """MNIST / Fashion-MNIST: 60k train -> 50k train + 10k val (seed 42), official 10k test; 28x28 resized
     once to ``input_size`` (default 32, bilinear antialias), kept uint8. Fashion-MNIST train: random hflip."""
@@ -128,11 +136,10 @@ def load_mnist_like(name: str, root, *, download, subset, seed, device, input_si
     def search():
         partial = []
         for d in candidates:
-            found = {role: _find_idx(d, stem) for role, (stem, _) in _IDX_FILES.items()}
-            if all(found.values()):
+            found, missing = idx_files(d)
+            if not missing:
                 return found, partial
-            if any(found.values()):
-                missing = [_IDX_FILES[r][0] for r, p in found.items() if p is None]
+            if found:
                 partial.append(f"{d} lacks {', '.join(missing)}")
         return None, partial
 
