@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from asge.bench import conv_flops, conv_needs_input_grad, matmul_peak_gflops
+from asge.flops import conv_flops, conv_needs_input_grad, matmul_peak_gflops
 from asge.model import ASGENet
 
 

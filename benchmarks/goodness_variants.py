@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import asge.block as block_module
-from asge.bench import measure_saved_bytes
+from asge.activation_memory import measure_saved_bytes
 from asge.config import TrainConfig
 from asge.goodness import spatial_goodness
 from asge.model import ASGENet

@@ -6,7 +6,9 @@ import re
 
 import torch
 
-from asge.bench import RESULT_KEYS, SavedTensorMeter, conv_flops, conv_needs_input_grad
+from asge.activation_memory import SavedTensorMeter
+from asge.bench import RESULT_KEYS
+from asge.flops import conv_flops, conv_needs_input_grad
 from asge.model import ASGENet
 from asge.cli import main
 

@@ -2,206 +2,35 @@
 
 Both methods train their own copy of one network (same seed, same initial weights) on the same sequence of
 batches. Timing alternates short chunks of steps (ASGE, BP, BP, ASGE, ...) so that machine noise hits both
-alike; images/s is the total images over the total time of each method's chunks. Memory is measured
-without CUDA: every tensor that autograd saves for backward passes through
-``torch.autograd.graph.saved_tensors_hooks`` and is counted (by storage, once) for as long as autograd holds
-it; the peak over one training step is reported. For ASGE only one block's graph is alive at a time, so
-its peak is one block's saved bytes; for BP it is the whole network's. On CUDA the peak allocated memory
-of a step is reported too.
+alike; images/s is the total images over the total time of each method's chunks. Memory: the peak bytes
+autograd saves for backward over one step (``activation_memory.py``; for ASGE one block's graph at a time,
+for BP the whole network's), and on CUDA the peak allocated memory of a step. FLOPs: ``flops.py``.
 
 Writes ``OUT/bench.json`` and prints a table; ``--profile`` adds torch.profiler tables of one step each.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import platform
 import statistics
 import time
-import weakref
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 
+from .activation_memory import measure_saved_bytes
 from .config import TrainConfig
 from .errors import AsgeError
+from .flops import conv_flops, matmul_peak_gflops
 
 RESULT_KEYS = ("model", "width", "channels", "batch_size", "device", "images_per_second", "speed_ratio",
                "saved_activation_bytes", "memory_ratio", "asge_block_saved_bytes", "cuda_peak_bytes",
                "train_flops_per_image", "achieved_gflops")
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Saved-for-backward memory
-# ---------------------------------------------------------------------------------------------------------
-
-class _Packed:
-    """What autograd holds instead of a saved tensor while the meter is on (freed with the graph)."""
-
-    __slots__ = ("tensor", "__weakref__")
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-
-class SavedTensorMeter:
-    """Live bytes of the tensors autograd saves for backward; ``peak`` is the maximum over the region.
-
-    Each storage counts once however many ops save it (a view counts its whole storage: that is what stays
-    alive). Storages of ``exclude`` (parameters, buffers) are not activations and are not counted. A saved
-    tensor stops counting when autograd releases it (after its node's backward, or when the graph dies).
-    ``marks`` records the live bytes at points named by :meth:`mark` (e.g. after each block's step).
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
-        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
-        self.live: dict[int, list[int]] = {}     # storage pointer -> [bytes, holders]
-        self.current = 0
-        self.peak = 0
-        self.marks: list[tuple[str, int]] = []
-        self._window_peak = 0
-
-    def _pack(self, t: torch.Tensor):
-        st = t.untyped_storage()
-        ptr, nbytes = st.data_ptr(), st.nbytes()
-        if ptr in self.exclude or nbytes == 0 or t.device.type == "meta":
-            return t
-        entry = self.live.get(ptr)
-        if entry is None:
-            self.live[ptr] = [nbytes, 1]
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-            self._window_peak = max(self._window_peak, self.current)
-        else:
-            entry[1] += 1
-        box = _Packed(t)
-        weakref.finalize(box, self._release, ptr)
-        return box
-
-    def _release(self, ptr: int) -> None:
-        entry = self.live.get(ptr)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[ptr]
-
-    @staticmethod
-    def _unpack(box):
-        return box.tensor if isinstance(box, _Packed) else box
-
-    def mark(self, name: str) -> None:
-        """Record the peak since the previous mark under ``name``."""
-        self.marks.append((name, self._window_peak))
-        self._window_peak = self.current
-
-    @contextlib.contextmanager
-    def __call__(self):
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            yield self
-
-
-def model_tensors(net: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.data for p in net.parameters()] + list(net.buffers())
-
-
-def measure_saved_bytes(method, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> tuple[int, list[int]]:
-    """Peak saved-for-backward bytes of one ``method.train_step`` (and, for ASGE, each block's peak)."""
-    meter = SavedTensorMeter(model_tensors(method.net))
-    per_block: list[int] = []
-    if hasattr(method, "run_blocks"):          # ASGE: mark after every block, then the heads
-        blocks = len(method.net.blocks)
-        with meter():
-            h, feats, losses, correct = x, [], [], []
-            for l in range(blocks):
-                h, f, lo, c = method.run_blocks(h, y, step, l, l + 1)
-                feats += f
-                losses += lo
-                correct += c
-                meter.mark(f"block{l + 1}")
-            head_correct = method.heads_step(feats, y)
-            meter.mark("heads")
-            method.record(losses, correct, y.shape[0], step, head_correct=head_correct)
-        per_block = [b for _, b in meter.marks]
-    else:
-        with meter():
-            method.train_step(x, y, step)
-    return meter.peak, per_block
-
-
-# ---------------------------------------------------------------------------------------------------------
-# FLOPs
-# ---------------------------------------------------------------------------------------------------------
-
-def _conv_nodes(block, needs_input_grad: bool, train_batch: int = 128, batch: int = 2):
-    """(MACs per image, computes its input's gradient) of every convolution in one training forward of
-    ``block``, read from the autograd graph of a small probe batch (so it follows whatever the block does,
-    e.g. an entry norm folded into the conv). A conv whose batch is not the probe's runs once per batch:
-    its cost per image is divided by ``train_batch``."""
-    p = next(block.parameters())
-    x = torch.randn(batch, block.in_channels, block.in_size, block.in_size, device=p.device, dtype=p.dtype)
-    x.requires_grad_(needs_input_grad)
-    y = block.features(x)
-    out, seen, stack = [], set(), [y.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node.name() == "ConvolutionBackward0":
-            b, cin, h, w = node._saved_input.shape
-            cout, _, kh, kw = node._saved_weight.shape
-            per = batch if b == batch else train_batch
-            out.append((b * cin * cout * kh * kw * h * w / per, node.next_functions[0][0] is not None))
-        stack.extend(f for f, _ in node.next_functions)
-    return out
-
-
-def conv_needs_input_grad(net, method: str) -> list[bool]:
-    """Whether each block's (main) conv computes the gradient of its input in a training step.
-
-    BP: every block but the first (whose input is the image needs none); ASGE: none by detachment, unless
-    something before the conv learns from the block's loss (a trainable entry norm applied before the conv).
-    """
-    return [max(_conv_nodes(b, method == "bp" and i > 0))[1] for i, b in enumerate(net.blocks)]
-
-
-def conv_flops(net, method: str, batch: int = 128) -> dict:
-    """Analytical conv FLOPs per training image: forward 2*MACs, weight gradient 2*MACs, input gradient
-    2*MACs for the convolutions that compute it (read from the autograd graph, see ``_conv_nodes``)."""
-    fwd = wgrad = igrad = 0.0
-    for i, b in enumerate(net.blocks):
-        for macs, needs in _conv_nodes(b, method == "bp" and i > 0, batch):
-            fwd += 2 * macs
-            wgrad += 2 * macs
-            igrad += 2 * macs if needs else 0
-    return {"forward": int(fwd), "weight_grad": int(wgrad), "input_grad": int(igrad),
-            "total": int(fwd + wgrad + igrad)}
-
-
-def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best of ``reps`` fp32 n x n matmuls, in GFLOP/s (2 n^3 per product)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
