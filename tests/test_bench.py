@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 
 from asge.activation_memory import SavedTensorMeter
@@ -72,3 +73,30 @@ def test_asge_computes_no_conv_input_gradient_without_a_trained_norm():
         node = node.next_functions[0][0]
     assert node.next_functions[0][0] is None       # the input slot: no gradient wanted
     loss.backward()
+
+
+def test_bench_equal_memory_adds_a_row_with_the_largest_asge_batch_within_bps_memory(tmp_path, capsys):
+    import dataclasses
+    from asge.bench import step_memory
+    from asge.config import TrainConfig
+    rc = main(["bench", "--model", "digits", "--width", "0.25", "--batch-size", "16", "--steps", "2",
+               "--warmup", "1", "--chunk", "1", "--device", "cpu", "--no-matmul-peak", "--equal-memory",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    same, equal = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert same["batch_sizes"] == {"asge": 16, "bp": 16} and "equal_memory" not in same
+    e = equal["equal_memory"]
+    b = equal["batch_sizes"]["asge"]
+    assert equal["batch_sizes"]["bp"] == 16 and b > 16 and b % 8 == 0 and e["asge_batch"] == b
+    assert e["basis"] == "saved_activation_bytes"
+    assert e["bp_bytes"] == same["saved_activation_bytes"]["bp"] == equal["saved_activation_bytes"]["bp"]
+    assert e["asge_bytes"] == equal["saved_activation_bytes"]["asge"] <= e["bp_bytes"]
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model="digits", width=0.25, batch_size=16,
+                                     device="cpu")).resolved()
+    cfg = dataclasses.replace(cfg, dataset="synthetic")
+    assert step_memory("asge", cfg, b + 8, torch.device("cpu"))[0] > e["bp_bytes"]      # the largest one
+    ips = equal["images_per_second"]
+    assert equal["speed_ratio"] == ips["asge"] / ips["bp"]
+    assert equal["seconds"]["asge"] == pytest.approx(2 * b / ips["asge"])              # images of its batch
+    out = capsys.readouterr().out
+    assert f"{b}/16" in out and "a larger batch is another optimisation, not the same run" in out

@@ -6,6 +6,10 @@ alike; images/s is the total images over the total time of each method's chunks.
 autograd saves for backward over one step (``activation_memory.py``; for ASGE one block's graph at a time,
 for BP the whole network's), and on CUDA the peak allocated memory of a step. FLOPs: ``flops.py``.
 
+``--equal-memory`` adds, per width, a row with ASGE at the largest batch whose step needs no more memory
+than BP's (:func:`equal_memory_batch`): images/s at equal memory, a different optimisation (a larger batch)
+and so its own row, never the same run.
+
 Writes ``OUT/bench.json`` and prints a table; ``--profile`` adds torch.profiler tables of one step each.
 """
 from __future__ import annotations
@@ -65,39 +69,90 @@ def real_batches(cfg: TrainConfig, n: int, device: torch.device):
     return out, data.info
 
 
-def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: torch.device,
-              profile_dir: Optional[Path] = None, log=print) -> dict:
-    """Benchmark ASGE and BP for one configuration; returns the result record (see RESULT_KEYS)."""
-    from .presets import get_preset
-    from .train import Backprop, LocalLearning
-    from .train.loop import build_model
+def bench_batches(cfg: TrainConfig, n: int, device: torch.device):
+    """``n`` training batches of ``cfg.batch_size`` (synthetic, or from ``cfg.dataset``) and the data's info."""
     from .data import DatasetInfo
-
-    n_batches = max(1, min(steps + warmup, 16))
+    from .presets import get_preset
     if cfg.dataset == "synthetic":
         size = cfg.input_size or get_preset(cfg.model)["image_size"]
         info = DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)
-        batches = synthetic_batches(n_batches, cfg.batch_size, info.in_channels, size, info.num_classes,
-                                    cfg.seed, device)
+        batches = synthetic_batches(n, cfg.batch_size, info.in_channels, size, info.num_classes, cfg.seed, device)
     else:
-        batches, info = real_batches(cfg, n_batches, device)
+        batches, info = real_batches(cfg, n, device)
     if cfg.channels_last:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    return batches, info
 
-    methods = {}
-    for name, cls in (("asge", LocalLearning), ("bp", Backprop)):
-        torch.manual_seed(cfg.seed)
-        net = build_model(dataclasses.replace(cfg, method=name), info).to(device)
-        if cfg.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        net.train()
-        m = cls(net, dataclasses.replace(cfg, method=name), max(1, steps + warmup + 2), device)
-        if cfg.cuda_graphs == "on":            # captured after GraphedStep's eager warm-up, within ours
-            from .train.graphs import GraphedStep
-            m = GraphedStep(m, warmup=max(0, min(3, warmup - 1)))
-        if hasattr(m, "start_epoch"):
-            m.start_epoch(cfg.seed)
-        methods[name] = m
+
+def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_steps: int, *,
+                 graphed: bool = False, graph_warmup: int = 3):
+    """Method ``name`` (asge, bp) on its own network built from ``cfg`` (seeded: both methods start from the
+    same weights), in training mode, its epoch started; wrapped in ``GraphedStep`` when ``graphed``."""
+    from .train import Backprop, LocalLearning
+    from .train.loop import build_model
+    torch.manual_seed(cfg.seed)
+    c = dataclasses.replace(cfg, method=name)
+    net = build_model(c, info).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    m = {"asge": LocalLearning, "bp": Backprop}[name](net, c, max(1, total_steps), device)
+    if graphed:                                # captured after GraphedStep's eager warm-up
+        from .train.graphs import GraphedStep
+        m = GraphedStep(m, warmup=graph_warmup)
+    if hasattr(m, "start_epoch"):
+        m.start_epoch(cfg.seed)
+    return m
+
+
+def step_memory(name: str, cfg: TrainConfig, batch: int, device: torch.device) -> tuple[int, str]:
+    """(bytes, basis) one eager training step of method ``name`` at ``batch`` images needs: on CUDA the peak
+    allocated memory above what is held before the step (basis ``cuda_peak_bytes``), elsewhere the peak
+    bytes saved for backward (``saved_activation_bytes``). Measured on the step after one warm-up step."""
+    c = dataclasses.replace(cfg, batch_size=batch, cuda_graphs="off")
+    batches, info = bench_batches(c, 2, device)
+    m = bench_method(name, c, info, device, 4)
+    m.train_step(*batches[0], 0)
+    if device.type != "cuda":
+        return measure_saved_bytes(m, *batches[1], 1)[0], "saved_activation_bytes"
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    m.train_step(*batches[1], 1)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base, "cuda_peak_bytes"
+
+
+def equal_memory_batch(cfg: TrainConfig, device: torch.device, log=print) -> dict:
+    """The largest ASGE batch (a multiple of 8) whose step needs no more memory than BP's at
+    ``cfg.batch_size`` (:func:`step_memory`): the proportional estimate, measured and corrected until it
+    stays (at most 4 measurements). Returns {"asge_batch", "basis", "bp_bytes", "asge_bytes"}."""
+    target, basis = step_memory("bp", cfg, cfg.batch_size, device)
+    batch, used = cfg.batch_size, step_memory("asge", cfg, cfg.batch_size, device)[0]
+    for _ in range(3):
+        guess = max(8, int(batch * target / max(used, 1)) // 8 * 8)
+        if guess == batch and used <= target:
+            break
+        batch, used = guess, step_memory("asge", cfg, guess, device)[0]
+        log(f"  equal memory: ASGE at batch {batch} needs {used / 2 ** 20:.1f} MiB, BP at "
+            f"{cfg.batch_size} {target / 2 ** 20:.1f} MiB ({basis})")
+    return {"asge_batch": batch, "basis": basis, "bp_bytes": target, "asge_bytes": used}
+
+
+def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: torch.device,
+              profile_dir: Optional[Path] = None, log=print, asge_batch: Optional[int] = None) -> dict:
+    """Benchmark ASGE and BP for one configuration; returns the result record (see RESULT_KEYS).
+
+    ``asge_batch``: ASGE trains on batches of this many images instead of ``cfg.batch_size`` (BP's), e.g.
+    the batch of :func:`equal_memory_batch` (a different optimisation: report it as its own row)."""
+    batch_size = {"asge": asge_batch or cfg.batch_size, "bp": cfg.batch_size}
+    n_batches = max(1, min(steps + warmup, 16))
+    batches, info = {}, None
+    for name, b in batch_size.items():
+        batches[name], info = bench_batches(dataclasses.replace(cfg, batch_size=b), n_batches, device)
+    methods = {name: bench_method(name, cfg, info, device, steps + warmup + 2, graphed=cfg.cuda_graphs == "on",
+                                  graph_warmup=max(0, min(3, warmup - 1)))
+               for name in ("asge", "bp")}
 
     counters = {k: 0 for k in methods}
 
@@ -106,7 +161,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
         _sync(device)
         t = time.perf_counter()
         for _ in range(k):
-            x, y = batches[counters[name] % len(batches)]
+            x, y = batches[name][counters[name] % n_batches]
             m.train_step(x, y, counters[name])
             counters[name] += 1
         _sync(device)
@@ -119,7 +174,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     # Memory: one (untimed) step each under the saved-tensor meter; CUDA peak on GPUs.
     saved, per_block, cuda_peak = {}, [], None
     for name, m in methods.items():
-        x, y = batches[counters[name] % len(batches)]
+        x, y = batches[name][counters[name] % n_batches]
         saved[name], blocks = measure_saved_bytes(getattr(m, "method", m), x, y, counters[name])   # eager
         counters[name] += 1
         if name == "asge":
@@ -146,18 +201,18 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
             times[name] = run(name, k)
             seconds[name] += times[name]
             done[name] += k
-        chunk_ratios.append(times["bp"] / max(times["asge"], 1e-12))
+        chunk_ratios.append(batch_size["asge"] * times["bp"] / max(batch_size["bp"] * times["asge"], 1e-12))
         rounds += 1
-        log(f"  chunk {rounds}: asge {k * cfg.batch_size / times['asge']:7.1f} img/s   "
-            f"bp {k * cfg.batch_size / times['bp']:7.1f} img/s")
+        log(f"  chunk {rounds}: asge {k * batch_size['asge'] / times['asge']:7.1f} img/s   "
+            f"bp {k * batch_size['bp'] / times['bp']:7.1f} img/s")
 
-    ips = {k: done[k] * cfg.batch_size / seconds[k] for k in methods}
+    ips = {k: done[k] * batch_size[k] / seconds[k] for k in methods}
     speed_ratio = ips["asge"] / ips["bp"]
     memory_ratio = saved["asge"] / max(saved["bp"], 1)
-    flops = {k: conv_flops(methods[k].net, k, cfg.batch_size) for k in methods}
+    flops = {k: conv_flops(methods[k].net, k, batch_size[k]) for k in methods}
     record = {
         "model": cfg.model, "width": cfg.width, "channels": methods["asge"].net.channels,
-        "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup, "chunk": chunk,
+        "batch_size": cfg.batch_size, "batch_sizes": batch_size, "steps": steps, "warmup": warmup, "chunk": chunk,
         "dataset": cfg.dataset, "device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
         "recipe": cfg.recipe, "norm": cfg.norm, "pool": cfg.pool, "context": cfg.context,
         "head_features": cfg.head_features,
@@ -194,14 +249,14 @@ def graph_pool_bytes(method) -> Optional[int]:
 
 def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: TrainConfig,
                     device: torch.device) -> dict:
-    """One step of each method under torch.profiler: tables to ``out/profile_<method>_w<width>.txt``;
-    returns the top operators' self time (ms) per method."""
+    """One step of each method (on its own ``batches[method]``) under torch.profiler: tables to
+    ``out/profile_<method>_w<width>.txt``; returns the top operators' self time (ms) per method."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     out.mkdir(parents=True, exist_ok=True)
     tops = {}
     for name, m in methods.items():
-        x, y = batches[counters[name] % len(batches)]
+        x, y = batches[name][counters[name] % len(batches[name])]
         with profile(activities=acts) as prof:
             m.train_step(x, y, counters[name])
             _sync(device)
@@ -219,11 +274,13 @@ def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: Trai
 
 def format_table(results: list[dict]) -> str:
     mib = lambda b: b / 2 ** 20  # noqa: E731
-    head = (f"{'model':<7}{'width':>6}{'batch':>6} {'ASGE img/s':>11}{'BP img/s':>10}{'speed':>8}"
+    head = (f"{'model':<7}{'width':>6}{'batch':>9} {'ASGE img/s':>11}{'BP img/s':>10}{'speed':>8}"
             f"{'ASGE saved MiB':>16}{'BP saved MiB':>14}{'memory':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['model']:<7}{r['width']:>6g}{r['batch_size']:>6} {r['images_per_second']['asge']:>11.1f}"
+        sizes = r.get("batch_sizes") or {"asge": r["batch_size"], "bp": r["batch_size"]}
+        batch = str(sizes["bp"]) if sizes["asge"] == sizes["bp"] else f"{sizes['asge']}/{sizes['bp']}"
+        lines.append(f"{r['model']:<7}{r['width']:>6g}{batch:>9} {r['images_per_second']['asge']:>11.1f}"
                      f"{r['images_per_second']['bp']:>10.1f}{r['speed_ratio']:>7.2f}x"
                      f"{mib(r['saved_activation_bytes']['asge']):>16.1f}{mib(r['saved_activation_bytes']['bp']):>14.1f}"
                      f"{r['memory_ratio']:>7.2f}x")
@@ -234,6 +291,11 @@ def format_table(results: list[dict]) -> str:
             c = r["cuda_peak_bytes"]
             extra += f"; CUDA peak asge {mib(c['asge']):.1f} MiB, bp {mib(c['bp']):.1f} MiB"
         lines.append(extra)
+        if r.get("equal_memory"):
+            e = r["equal_memory"]
+            lines.append(f"{'':19} equal memory: ASGE at batch {sizes['asge']} against BP at {sizes['bp']} "
+                         f"({e['basis']} {mib(e['asge_bytes']):.1f} / {mib(e['bp_bytes']):.1f} MiB): "
+                         "a larger batch is another optimisation, not the same run")
     return "\n".join(lines)
 
 
@@ -272,6 +334,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--no-matmul-peak", dest="matmul_peak", action="store_false",
       help="skip measuring the fp32 matmul peak")
     a("--out", default="bench", help="directory for bench.json (default ./bench)")
+    a("--equal-memory", action="store_true",
+      help="also, per width: ASGE at the largest batch (a multiple of 8) whose step needs no more memory than "
+           "BP's at --batch-size (CUDA peak on GPUs, saved-for-backward bytes elsewhere), in its own row")
     a("--overhead", action="store_true",
       help="instead: host time per step, ASGE vs BP, at VGG8 width 1/32 (channels 4..16), batch 1 "
            "(2 with BatchNorm layers), 1 thread, steps alternating (the per-call work that bounds small GPU steps); writes overhead.json")
@@ -320,9 +385,16 @@ def run(args: argparse.Namespace) -> int:
     for width, cfg in configs:
         print(f"{args.model} width {width:g}, batch {args.batch_size}, {args.steps} timed steps per method "
               f"on {device} ({torch.get_num_threads()} threads)", flush=True)
+        log = lambda s: print(s, flush=True)  # noqa: E731
         results.append(bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,
-                                 profile_dir=out if args.profile else None,
-                                 log=lambda s: print(s, flush=True)))
+                                 profile_dir=out if args.profile else None, log=log))
+        if args.equal_memory:
+            equal = equal_memory_batch(cfg, device, log=log)
+            print(f"{args.model} width {width:g}, equal memory: ASGE at batch {equal['asge_batch']}, BP at "
+                  f"{args.batch_size}", flush=True)
+            record = bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,
+                               log=log, asge_batch=equal["asge_batch"])
+            results.append(dict(record, equal_memory=equal))
     peak = matmul_peak_gflops(device) if args.matmul_peak else None
     for r in results:
         r["matmul_peak_gflops"] = peak
