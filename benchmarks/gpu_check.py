@@ -1,7 +1,8 @@
 """The GPU check (run by ``benchmarks/gpu_check.sh``): CUDA tests, the host time per step (``asge bench
 --overhead``), ``asge bench`` on CUDA in fp32 and bf16 at widths 0.5 and 1, eager and with the whole step as
 a CUDA graph (``--cuda-graphs on``), with peak memory, and full-width VGG8 Fashion-MNIST runs of both
-methods (3 epochs, graphed), all written to one JSON.
+methods (3 epochs, graphed), then, with the time left, images/s at equal memory (``asge bench
+--equal-memory``, width 1), all written to one JSON.
 
     python benchmarks/gpu_check.py --out DIR [--data DIR] [--tiny] [--budget SECONDS]
 
@@ -86,7 +87,8 @@ def bench_results(path: Path):
         report = json.loads((path / "bench.json").read_text())
         rows = []
         for r in report["results"]:
-            rows.append({k: r.get(k) for k in ("model", "width", "batch_size", "device", "amp", "cuda_graphs",
+            rows.append({k: r.get(k) for k in ("model", "width", "batch_size", "batch_sizes", "equal_memory",
+                                               "device", "amp", "cuda_graphs",
                                                "cuda_graph_pool_bytes", "images_per_second",
                                                "speed_ratio", "chunk_speed_ratio_median", "cuda_peak_bytes",
                                                "saved_activation_bytes", "memory_ratio", "achieved_gflops")})
@@ -224,6 +226,12 @@ def main(argv=None) -> int:
         c.report["whole_run"] = {
             "train_seconds_ratio_bp_over_asge": runs["bp"]["train_seconds"] / runs["asge"]["train_seconds"],
             "wall_seconds_ratio_bp_over_asge": runs["bp"]["wall_seconds"] / runs["asge"]["wall_seconds"]}
+    # 5. With what time is left: images/s at equal memory (ASGE at the largest batch whose step needs no more
+    #    CUDA memory than BP's at 128), width 1, fp32, both graphed: a larger batch, so its own section.
+    path = out / "bench_equal_memory"
+    c.run("bench_equal_memory", cli + ["bench", "--device", device, "--cuda-graphs", "on" if cuda else "off",
+                                       "--width", widths[-1], *bench_args, "--equal-memory", "--out", str(path)],
+          120 if args.tiny else 90, parse=bench_results(path), needs=10 if args.tiny else 45)
     c.report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     c.report["seconds"] = round(c.elapsed(), 1)
     c.write()

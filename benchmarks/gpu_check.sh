@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: CUDA tests (CUDA graphs included), the host time per step, `asge bench` on CUDA at widths 0.5
 # and 1 (fp32 and bf16, eager and --cuda-graphs on: images/s and peak memory of both methods), and 3-epoch
-# full-width VGG8 Fashion-MNIST runs of ASGE and backprop (graphed) with whole-run timing, in one JSON.
+# full-width VGG8 Fashion-MNIST runs of ASGE and backprop (graphed) with whole-run timing, then with the time
+# left images/s at equal memory (`asge bench --equal-memory`, width 1), in one JSON.
 #
 #   benchmarks/gpu_check.sh [--tiny] [--data DIR] [--budget SECONDS] --out DIR     -> DIR/gpu_check.json
 #

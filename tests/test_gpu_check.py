@@ -47,7 +47,7 @@ def test_gpu_check_tiny_runs_end_to_end(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
     assert list(sections) == ["environment", "tests", "overhead", "bench_fp32", "bench_fp32_graphs", "bench_bf16",
-                              "bench_bf16_graphs", "train_asge", "train_bp"]
+                              "bench_bf16_graphs", "train_asge", "train_bp", "bench_equal_memory"]
     graphs = {"bench_fp32_graphs", "bench_bf16_graphs"}
     cuda = sections["environment"]["cuda_available"]
     assert {k: v["status"] for k, v in sections.items()} == \
@@ -61,6 +61,9 @@ def test_gpu_check_tiny_runs_end_to_end(tmp_path):
     assert sections["bench_bf16"]["results"][0]["amp"] == "bf16"
     assert sections["train_asge"]["train_seconds"] > 0 and sections["train_bp"]["test_accuracy"]["last"] >= 0
     assert report["whole_run"]["train_seconds_ratio_bp_over_asge"] > 0 and report["finished"]
+    same, equal = sections["bench_equal_memory"]["results"]
+    assert equal["batch_sizes"]["asge"] > same["batch_sizes"]["asge"] == equal["batch_sizes"]["bp"]
+    assert equal["equal_memory"]["asge_bytes"] <= equal["equal_memory"]["bp_bytes"]
 
 
 def test_bad_data_or_a_used_out_is_refused_before_anything_runs(tmp_path):

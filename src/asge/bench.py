@@ -314,7 +314,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--input-size", type=int, help="image side (synthetic: default the model's; real: the dataset's)")
     a("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     a("--amp", default="none", help="none (default), bf16, fp16 (both methods)")
-    a("--recipe", default="paper", help="paper (default) or plus: the recipe's block options (asge/recipes.py)")
+    a("--recipe", default="paper", help="paper (default), plus or colour: the recipe's block options "
+                                        "(asge/recipes.py); --batch-size still sets the batch")
     a("--norm", help="block entry norm: layer (the paper recipe's), rms (the authors' code), none")
     a("--pool", help="rms (default), avg, max, soft, or your own by import path (docs/extending.md)")
     a("--context", help="none (default), sge, gsop, gsop-spatial, ge-minus, ge, ge-plus, or your own by import "
