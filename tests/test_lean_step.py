@@ -254,6 +254,10 @@ def test_bench_overhead_prints_both_medians_and_the_ratio(tmp_path, capsys):
     assert re.search(r"ASGE/BP [\d.]+x", out) and "goal" not in out.lower()
     assert main(["bench", "--overhead", "--overhead-steps", "1", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["bench", "--overhead", "--width", "0.5", "--equal-memory", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--width, --equal-memory: not used by --overhead, which measures vgg8 at width 1/32, batch 1" in err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "x").exists()
 
 
 def test_bench_overhead_of_a_recipe_with_batchnorm_layers_runs_at_batch_2(tmp_path, capsys):

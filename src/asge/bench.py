@@ -344,9 +344,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--overhead-steps", type=int, default=200, help="timed steps per method for --overhead (default 200)")
 
 
+#: Options that ``--overhead`` does not read (it measures VGG8 at width 1/32, batch 1, its own steps).
+NOT_FOR_OVERHEAD = ("width", "batch_size", "steps", "chunk", "dataset", "data_root", "input_size", "norm", "pool",
+                    "context", "context_option", "context_blocks", "channels_last", "compile", "cuda_graphs",
+                    "profile", "equal_memory")
+
+
 def run(args: argparse.Namespace) -> int:
     from .train.loop import resolve_device
     if args.overhead:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        defaults = vars(parser.parse_args([]))
+        given = [k for k in NOT_FOR_OVERHEAD if getattr(args, k, None) != defaults[k]]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise AsgeError(f"{flags}: not used by --overhead, which measures {args.model} at width 1/32, batch 1 "
+                            "(--model, --recipe, --amp, --device, --threads, --lr, --seed, --warmup and --overhead-steps apply)")
         from .overhead import run_overhead
         return run_overhead(args)
     if args.threads:
