@@ -355,3 +355,28 @@ def test_batch_size_one_with_batchnorm_layers_is_refused_before_anything_is_writ
     assert ("--batch-size 1 cannot train this network: the BatchNorm layers of context 'ge' need at least 2 "
             "images per training batch; use --batch-size 2 or more") in err
     assert not out.exists()
+
+
+def test_data_parallel_shares_of_the_last_batch_too_small_for_a_rank_leave_it_out():
+    from asge.data import DatasetInfo
+    from asge.errors import AsgeError
+    from asge.train.loop import build_model, train_drop_last
+    info = DatasetInfo("digits", num_classes=10, in_channels=1, image_size=16)
+    said = []
+    for context, images, ranks, dropped in [("none", 129, 2, True), ("none", 130, 2, False), ("none", 131, 4, True),
+                                            ("ge", 131, 2, True), ("ge", 132, 2, False), ("ge", 135, 4, True),
+                                            ("ge", 129, 1, True), ("ge", 130, 1, False), ("none", 129, 1, False)]:
+        cfg = TrainConfig.from_dict(dict(dataset="digits", channels=[8, 16], downsample=[False, True],
+                                         context=context, batch_size=64)).resolved()
+        assert train_drop_last(build_model(cfg, info), cfg, images, said.append, ranks) == dropped, (context, images)
+    assert said[0] == ("each epoch's last batch would hold 1 image of 129, a share of 0 on some of the 2 ranks, "
+                       "where every rank needs 1: it is left out (128 images per epoch)")
+    assert said[2] == ("each epoch's last batch would hold 3 images of 131, a share of 1 on some of the 2 ranks, "
+                       "where the BatchNorm layers of context 'ge' need 2: it is left out (128 images per epoch)")
+    assert len(said) == 5
+    cfg = TrainConfig.from_dict(dict(dataset="digits", channels=[8, 16], downsample=[False, True], context="ge",
+                                     batch_size=3)).resolved()
+    with pytest.raises(AsgeError, match=r"--batch-size 3 cannot be shared over 2 ranks: a rank's share would hold "
+                                        r"1 image\(s\), the BatchNorm layers of context 'ge' need 2; use "
+                                        r"--batch-size 4 or more"):
+        train_drop_last(build_model(cfg, info), cfg, 130, said.append, 2)

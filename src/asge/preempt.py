@@ -27,6 +27,7 @@ class StopSignals:
     """
 
     _signum: Optional[int] = None            # process-wide: shared by nested uses
+    _announced = False
     _depth = 0
 
     def __init__(self, announce: bool = True):
@@ -41,17 +42,23 @@ class StopSignals:
     def requested(self) -> bool:
         return StopSignals._signum is not None
 
+    def announce_once(self, signum: int) -> None:
+        """Say on stderr, once per run, that ``signum`` stops it after the current step."""
+        if not StopSignals._announced:
+            StopSignals._announced = True
+            print(f"asge: {signal.Signals(signum).name} received: stopping after the current step, "
+                  "with a checkpoint of that point", file=sys.stderr, flush=True)
+
     def _handle(self, signum, frame) -> None:
         if StopSignals._signum is None:
             StopSignals._signum = signum
             if self.announce:
-                print(f"asge: {signal.Signals(signum).name} received: stopping after the current step, "
-                      "with a checkpoint of that point", file=sys.stderr, flush=True)
+                self.announce_once(signum)
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             if StopSignals._depth == 0:
-                StopSignals._signum = None
+                StopSignals._signum, StopSignals._announced = None, False
             StopSignals._depth += 1
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self

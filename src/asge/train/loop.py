@@ -74,20 +74,30 @@ def batch_norm_names(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def train_drop_last(net: nn.Module, cfg: TrainConfig, num_images: int, log: Callable[[str], None]) -> bool:
-    """Whether each epoch leaves out its last batch: only when it would hold one image and ``net`` has
-    BatchNorm layers (said once through ``log``). A ``--batch-size`` of 1 with them is refused."""
+def train_drop_last(net: nn.Module, cfg: TrainConfig, num_images: int, log: Callable[[str], None],
+                    ranks: int = 1) -> bool:
+    """Whether each epoch leaves out its last, smaller batch (said once through ``log``): when its share on
+    one of ``ranks`` data-parallel ranks would hold no image, or one image and ``net`` has BatchNorm layers
+    (which need two values per channel in training). A ``--batch-size`` whose full batches cannot be
+    shared so is refused."""
     norms = batch_norm_names(net)
-    if not norms:
+    need = 2 if norms else 1                         # images in each rank's share of a batch
+    layers = f"the BatchNorm layers of {f'context {cfg.context!r}' if cfg.context != 'none' else norms[0]}" \
+        if norms else ""
+    needs = f"{layers} need 2" if norms else "every rank needs 1"
+    if cfg.batch_size // ranks < need:
+        if ranks == 1:
+            raise AsgeError(f"--batch-size {cfg.batch_size} cannot train this network: {layers} need at least 2 "
+                            "images per training batch; use --batch-size 2 or more")
+        raise AsgeError(f"--batch-size {cfg.batch_size} cannot be shared over {ranks} ranks: a rank's share would "
+                        f"hold {cfg.batch_size // ranks} image(s), {needs}; use --batch-size {need * ranks} or more")
+    last = num_images % cfg.batch_size
+    if last == 0 or last // ranks >= need:
         return False
-    where = f"context {cfg.context!r}" if cfg.context != "none" else norms[0]
-    if cfg.batch_size < 2:
-        raise AsgeError(f"--batch-size {cfg.batch_size} cannot train this network: the BatchNorm layers of "
-                        f"{where} need at least 2 images per training batch; use --batch-size 2 or more")
-    if num_images % cfg.batch_size != 1:
-        return False
-    log(f"each epoch's last batch would hold 1 image of {num_images}, which the BatchNorm layers of {where} "
-        f"cannot train on: it is left out ({num_images - 1} images per epoch)")
+    images = f"{last} image{'s' if last > 1 else ''} of {num_images}"
+    why = (f"which {layers} cannot train on" if ranks == 1 else
+           f"a share of {last // ranks} on some of the {ranks} ranks, where {needs}")
+    log(f"each epoch's last batch would hold {images}, {why}: it is left out ({num_images - last} images per epoch)")
     return True
 
 
@@ -390,7 +400,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         if cfg.out and main:
             held.enter_context(RunLock(cfg.out, log=log))
             run = RunDir(cfg.out)
-        stop = held.enter_context(StopSignals(announce=main))
+        stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
         return _train(cfg, run, stop, held, resume=resume, on_epoch_end=on_epoch_end, log=log,
                       method_kwargs=method_kwargs, method_factory=method_factory, world=world)
 
@@ -427,9 +437,16 @@ def mid_epoch_point(method, world, epoch: int, steps_done: int, seconds: float) 
 
 
 def stop_signal(stop: StopSignals, world) -> int:
-    """The signal that asks this run to stop (0: none); data-parallel ranks agree (a collective)."""
+    """The signal that asks this run to stop (0: none). Data-parallel ranks agree (a collective), and only
+    then does the main rank say so: when torchrun stops the survivors of a rank that died, the broken
+    collective names that rank instead (one line, not an announcement of a stop that cannot be made)."""
     signum = stop.signum or 0
-    return signum if world is None else world.max_int(signum)
+    if world is None:
+        return signum
+    agreed = world.max_int(signum)
+    if agreed and world.is_main:
+        stop.announce_once(agreed)
+    return agreed
 
 
 def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: contextlib.ExitStack, *, resume,
@@ -456,7 +473,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     net = build_model(cfg, data.info).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    drop_last = train_drop_last(net, cfg, len(data.train), log if main else (lambda _: None))
+    drop_last = train_drop_last(net, cfg, len(data.train), log if main else (lambda _: None),
+                                1 if world is None else world.size)
     steps_per_epoch = data.train.num_batches(cfg.batch_size, drop_last)
     method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
                                                       **(method_kwargs or {}))
