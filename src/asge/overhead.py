@@ -105,10 +105,10 @@ def run_overhead(args) -> int:
     cfg = TrainConfig.from_dict(dict(recipe=args.recipe, dataset="digits", model=args.model, width=1 / 32,
                                      batch_size=1, lr=args.lr, seed=args.seed, device=str(device),
                                      amp=args.amp)).resolved()
-    why = ""
-    if smallest_batch(cfg) > 1:          # a context with BatchNorm layers cannot train on one image
-        cfg = dataclasses.replace(cfg, batch_size=smallest_batch(cfg))
-        why = f" (the BatchNorm layers of context {cfg.context!r} need 2 images)"
+    why, batch = "", smallest_batch(cfg)
+    if batch > 1:                        # a context with BatchNorm layers cannot train on one image
+        cfg = dataclasses.replace(cfg, batch_size=batch)
+        why = f" (the BatchNorm layers of context {cfg.context!r} need {batch} images)"
     print(f"{args.model} width 1/32, batch {cfg.batch_size}{why}, {torch.get_num_threads()} thread(s) on "
           f"{device}: {args.overhead_steps} alternating steps per method", flush=True)
     r = measure_overhead(cfg, device, steps=args.overhead_steps, warmup=max(args.warmup, 10))
