@@ -59,6 +59,34 @@ def test_cifar10_tiny_on_a_jpeg_tree_without_test_holds_back_a_test_split(tmp_pa
     assert again.returncode == 0 and json.loads((out / "summary.json").read_text())["resumed"] is True
 
 
+def test_cifar10_from_a_zip_of_the_tree_is_unpacked_once(tmp_path):
+    import zipfile
+    tree = jpeg_tree(tmp_path / "cifar")
+    archive = tmp_path / "cifar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for f in sorted(tree.rglob("*.jpg")):
+            z.write(f, f.relative_to(tree).as_posix())
+    out = tmp_path / "out"
+    p = reproduce("cifar10", "--data", str(archive), "--out", str(out), "--tiny", "--device", "cpu")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"{archive} unpacked in {out / 'data'}" in p.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert f"--data-root {out / 'data'}" in s["command"] and "--test-split 20" in s["command"]
+    assert sorted(f.relative_to(out / "data") for f in (out / "data").rglob("*.jpg")) == \
+        sorted(f.relative_to(tree) for f in tree.rglob("*.jpg"))
+    again = reproduce("cifar10", "--data", str(archive), "--out", str(out), "--tiny", "--device", "cpu")
+    assert again.returncode == 0 and "unpacked" in again.stdout and json.loads(
+        (out / "summary.json").read_text())["resumed"] is True
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("train/a/0.jpg", b"x")
+        z.writestr("../outside.txt", b"x")
+    p = reproduce("cifar10", "--data", str(evil), "--out", str(tmp_path / "o2"), "--tiny")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "holds '../outside.txt': expected only train/, test/ or val/ trees of images" in p.stderr
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "o2" / "data").exists()
+
+
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
 def test_fashion_mnist_tiny_end_to_end(tmp_path):
     out = tmp_path / "out"
@@ -73,4 +101,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     p = reproduce("mnist", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "fashion-mnist, cifar10" in p.stderr
     p = reproduce("cifar10", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
-    assert p.returncode == 2 and "not a directory" in p.stderr
+    assert p.returncode == 2 and "not a directory or a .zip of one" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = reproduce("fashion-mnist", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "lacks train-images-idx3-ubyte" in p.stderr
+    p = reproduce("cifar10", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "has no train/" in p.stderr
+    assert not (tmp_path / "o").exists()
