@@ -129,8 +129,11 @@ def equal_memory_batch(cfg: TrainConfig, device: torch.device, log=print) -> dic
     stays (at most 4 measurements). Returns {"asge_batch", "basis", "bp_bytes", "asge_bytes"}."""
     target, basis = step_memory("bp", cfg, cfg.batch_size, device)
     batch, used = cfg.batch_size, step_memory("asge", cfg, cfg.batch_size, device)[0]
+    if min(target, used) <= 0:
+        raise AsgeError(f"--equal-memory: a step's memory ({basis}) measured 0 bytes (BP {target}, ASGE {used}): "
+                        "there is nothing to equal")
     for _ in range(3):
-        guess = max(8, int(batch * target / max(used, 1)) // 8 * 8)
+        guess = max(8, int(batch * target / used) // 8 * 8)
         if guess == batch and used <= target:
             break
         batch, used = guess, step_memory("asge", cfg, guess, device)[0]
