@@ -16,7 +16,8 @@ from asge.errors import Preempted
 from asge.run import RunDir, load_checkpoint
 from asge.train import fit
 from asge.train import loop
-from asge.train.loop import Progress, split_subset
+from asge.train.evaluation import split_subset
+from asge.train.progress import Progress
 
 TINY = dict(dataset="digits", channels=[8, 8], downsample=[False, True], batch_size=128, seed=1)  # 9 steps
 

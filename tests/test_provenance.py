@@ -16,7 +16,8 @@ from asge.config import TrainConfig
 from asge.provenance import git_info
 from asge.run import load_checkpoint
 from asge.train import fit
-from asge.train.loop import build_model, load_init_weights
+from asge.train.loop import build_model
+from asge.train.resume import load_init_weights
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SMALL = ["--channels", "8,8v", "--progress", "none"]

@@ -339,7 +339,7 @@ def print_summary(s: dict, out: Optional[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from .train.loop import check_resume, finished_message
+    from .train.resume import check_resume, finished_message
     finished = check_resume(cfg, args.resume)     # before anything is locked, loaded or written
     if finished is not None:
         if int(os.environ.get("RANK", "0")) == 0:   # torchrun: the other ranks stop quietly

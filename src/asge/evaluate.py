@@ -11,13 +11,14 @@ from .errors import RunDirError
 from .heads import STRATEGIES
 from .inference import check_run_strategy, open_best_checkpoint
 from .run import RunDir, load_model_state
-from .train.loop import build_model, evaluate, load_run_data, output_rows, resolve_device
+from .train.evaluation import evaluate, output_rows
+from .train.loop import build_model, load_run_data, resolve_device
 
 
 def confusion_matrices(net, split, strategies, batch_size: int, device, progress=None) -> dict:
     """{strategy: int64 (N, N) confusion matrix, rows = true class, columns = predicted} of ``net`` on
     ``split``, every strategy from one pass over the split (the training loop's test evaluation; Best reads
-    block l*'s a_l). ``progress`` (:class:`~asge.train.loop.Progress`) shows the batches done."""
+    block l*'s a_l). ``progress`` (:class:`~asge.train.progress.Progress`) shows the batches done."""
     l_star = int(net.best_block)
     if "best" in strategies and l_star < 1:
         raise RuntimeError("the best block has not been chosen yet")
@@ -56,7 +57,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     data = load_run_data(cfg, dev, subset=None, download=False)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
-    from .train.loop import Progress
+    from .train.progress import Progress
     import sys
     bar = Progress(progress, data.test.num_batches(batch_size), "test", file=sys.stderr)
     try:

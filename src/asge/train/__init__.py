@@ -1,7 +1,8 @@
 """Training: the local (ASGE) algorithm, the backprop baseline, and the epoch loop that drives both."""
 from .local import LocalLearning, block_step, make_optimizer
 from .backprop import Backprop
-from .loop import fit, evaluate, build_model, resolve_device
+from .evaluation import evaluate
+from .loop import fit, build_model, resolve_device
 
 METHODS = {"asge": LocalLearning, "bp": Backprop}
 

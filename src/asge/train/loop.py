@@ -2,20 +2,19 @@
 
 ``fit(cfg)`` is what ``asge train`` calls. The algorithm itself lives in ``local.py`` (and ``backprop.py``);
 this file only drives it: seeds every epoch, checkpoints atomically after every epoch, resumes bit-exactly,
-picks the best-validation checkpoint and tests it with every prediction strategy.
+picks the best-validation checkpoint and tests it with every prediction strategy. Evaluation is
+``evaluation.py``, what a checkpoint holds and the ``--resume`` checks ``resume.py``, the progress display
+``progress.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import signal
-import sys
 import time
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
@@ -25,8 +24,13 @@ from ..lock import RunLock
 from ..model import ASGENet
 from ..preempt import StopSignals
 from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from .evaluation import (CONFUSION_MAX_CLASSES, EvaluationStopped, evaluate, headline_strategy, output_rows,
+                         split_subset, strategy_scores)
 from .graphs import maybe_graphed
 from .local import autocast_for
+from .progress import progress_for
+from .resume import (check_resume, extends, finished_message, last_state, load_init_weights, mid_epoch_point,
+                     rank_rng_state, rebuild_schedules)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,265 +110,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-#: Runs with more classes record no confusion matrix in summary.json (it would dwarf the rest).
-CONFUSION_MAX_CLASSES = 100
-
-
-@torch.no_grad()
-def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
-             channels_last: bool = False, world=None, progress: Optional[Progress] = None,
-             should_stop: Optional[Callable[[], int]] = None, confusion: bool = False) -> dict:
-    """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads.
-
-    With a data-parallel ``world``, every rank evaluates its share of each batch and the sums are reduced:
-    every rank gets the whole split's numbers (each rank must call this at the same point).
-    ``progress`` shows the batches done; ``should_stop()`` (a signal number, 0: go on; a collective in
-    data-parallel runs) is asked after every batch, and a nonzero answer raises :class:`EvaluationStopped`.
-    ``confusion``: also ``confusion``, int64 (L + 2, N, N) counts (rows = true class, columns = predicted)
-    of every output, blocks then Fusion and Last (:func:`output_rows` says which row a strategy reads)."""
-    net.eval()
-    L = len(net.blocks)
-    correct = torch.zeros(L + 2, dtype=torch.long, device=device)
-    loss = torch.zeros(L + 2, dtype=torch.float64, device=device)
-    n = 0
-    N = net.num_classes
-    counts = torch.zeros((L + 2) * N * N, dtype=torch.long, device=device) if confusion else None
-    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=False, augment=False, seed=0, device=device)):
-        if should_stop is not None:
-            signum = should_stop()
-            if signum:
-                raise EvaluationStopped(signum)
-        if world is not None:
-            lo, hi = world.shard(y.shape[0])
-            x, y = x[lo:hi], y[lo:hi]
-            if hi == lo:
-                continue
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            ys, feats = net.forward_features(x)
-            logits = [b.local_logits(y_) for b, y_ in zip(net.blocks, ys)] + list(net.heads(feats))
-        scores = torch.stack([s.float() for s in logits])                       # (L + 2, B, N)
-        ce = F.cross_entropy(scores.flatten(0, 1), y.repeat(L + 2), reduction="none")
-        loss += ce.view(L + 2, -1).sum(1).double()
-        pred = scores.argmax(-1)                                               # (L + 2, B)
-        correct += (pred == y).sum(1)
-        if counts is not None:
-            offset = torch.arange(L + 2, device=device).unsqueeze(1) * (N * N)
-            counts += torch.bincount((offset + y * N + pred).flatten(), minlength=(L + 2) * N * N)
-        n += y.shape[0]
-        if progress is not None and progress.wants(i):
-            progress.update(i, f"{min((i + 1) * batch_size, len(split))}/{len(split)} images")
-    if world is not None:
-        world.all_reduce_(correct)
-        world.all_reduce_(loss)
-        if counts is not None:
-            world.all_reduce_(counts)
-        n = int(world.all_reduce_(torch.tensor([float(n)], device=device)).item())
-    acc = (100.0 * correct.double() / max(n, 1)).tolist()
-    loss = (loss / max(n, 1)).tolist()
-    out = {"block_acc": acc[:L], "block_loss": loss[:L], "fusion_acc": acc[L], "last_acc": acc[L + 1],
-           "fusion_loss": loss[L], "last_loss": loss[L + 1]}
-    if counts is not None:
-        out["confusion"] = counts.view(L + 2, N, N).cpu()
-    return out
-
-
-def output_rows(num_blocks: int, best_block: int) -> dict:
-    """Which row of ``evaluate``'s (L + 2, ...) outputs each strategy reads: Fusion L, Last L + 1, Best the
-    block l* (1-based ``best_block``; -1 when it is not chosen)."""
-    return {"fusion": num_blocks, "last": num_blocks + 1, "best": best_block - 1}
-
-
-def headline_strategy(method: str) -> str:
-    """The strategy whose validation accuracy picks the checkpoint that is tested (summary.json's headline)."""
-    return "fusion" if method == "asge" else "last"
-
-
-def strategy_scores(method: str, ev: dict) -> dict:
-    """Each strategy's accuracy from an ``evaluate`` result (bp has only Last)."""
-    if method == "bp":
-        return {"last": ev["last_acc"]}
-    return {"fusion": ev["fusion_acc"], "last": ev["last_acc"], "best": max(ev["block_acc"])}
-
-
-class Progress:
-    """A tqdm bar on a terminal, plain lines otherwise (or nothing).
-
-    ``interval`` (:func:`~asge.config.parse_log_interval`): ("steps", N) a line every N steps, ("seconds",
-    S) a line every S seconds, ("auto", 0) a line every quarter of the ``total`` steps, and with ``mode``
-    auto (output to a file or pipe) only once :data:`AUTO_SECONDS` have passed since the last line too (a
-    short epoch prints none: its epoch line says it all). A bar is redrawn every twentieth of ``total`` (or
-    every N steps)."""
-
-    AUTO_SECONDS = 30.0
-
-    def __init__(self, mode: str, total: int, desc: str, interval: tuple = ("auto", 0.0), file=None):
-        self.patient = mode == "auto"           # chosen for the user: lines only every AUTO_SECONDS or more
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode, self.total, self.desc, self.file = mode, total, desc, file
-        self.kind, value = interval
-        if self.kind == "steps":
-            self.every = max(1, int(value))
-        else:
-            self.every = max(1, total // (20 if mode == "bar" else 4))
-        self.seconds = value if self.kind == "seconds" else self.AUTO_SECONDS
-        self.last_step, self.last_time = -1, time.monotonic()
-        self.bar = None
-        if mode == "bar":
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def wants(self, step: int) -> bool:
-        """Whether step ``step`` (0-based) should be shown."""
-        if self.mode == "none":
-            return False
-        if self.mode == "bar":
-            return (step + 1) % self.every == 0 or step + 1 == self.total
-        if self.kind == "steps":
-            return (step + 1) % self.every == 0
-        if self.kind == "seconds":
-            return time.monotonic() - self.last_time >= self.seconds
-        if not self.patient:                    # --progress lines: every quarter epoch, as asked
-            return (step + 1) % self.every == 0 or step + 1 == self.total
-        return step - self.last_step >= self.every and time.monotonic() - self.last_time >= self.seconds
-
-    def update(self, step: int, stats) -> None:
-        """Show step ``step``: ``stats`` is a training step's {loss, acc} or a text."""
-        text = stats if isinstance(stats, str) else f"loss {stats['loss']:.4f} acc {stats['acc']:.2f}%"
-        self.last_step, self.last_time = step, time.monotonic()
-        if self.bar is not None:
-            self.bar.n = step + 1
-            self.bar.set_postfix_str(text)
-        else:
-            print(f"  {self.desc} step {step + 1}/{self.total}  {text}", flush=True, file=self.file or sys.stdout)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def progress_for(cfg: TrainConfig, total: int, desc: str) -> Progress:
-    """The run's progress display (``cfg.progress``, ``cfg.log_interval``) for ``total`` steps."""
-    from ..config import parse_log_interval
-    return Progress(cfg.progress, total, desc, parse_log_interval(cfg.log_interval))
-
-
-class EvaluationStopped(Exception):
-    """A stop signal arrived while ``evaluate`` ran (``signum``): its result is incomplete."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"evaluation stopped by signal {signum}")
-        self.signum = signum
-
-
-def split_subset(split, n: Optional[int], seed: int = 42):
-    """A fixed random subset of ``n`` images of ``split`` (the same for the same ``seed``; in the split's
-    order), or ``split`` itself when ``n`` is None or not smaller."""
-    from ..data.folders import FolderSplit
-    from ..data.splits import TensorSplit
-    if n is None or n >= len(split):
-        return split
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    if isinstance(split, TensorSplit):
-        return TensorSplit(split.images[idx.to(split.images.device)], split.labels[idx.to(split.labels.device)],
-                           augmentation=split.augmentation, scale=split.scale, device=split.images.device)
-    if isinstance(split, FolderSplit):
-        return FolderSplit([split.samples[i] for i in idx.tolist()], split.image_size, train=split.train,
-                           num_workers=split.num_workers)
-    raise AsgeError(f"val_subset: cannot take a subset of a {type(split).__name__}")
-
-
-def extends(cfg: TrainConfig, saved: TrainConfig) -> bool:
-    """True when ``cfg`` asks for more epochs than the run ``saved`` and differs from it in nothing else that
-    shapes the run: ``--resume --epochs N`` then extends it (:func:`rebuild_schedules`)."""
-    import dataclasses
-    return (isinstance(cfg.epochs, int) and isinstance(saved.epochs, int) and cfg.epochs > saved.epochs
-            and not cfg.differences(dataclasses.replace(saved, epochs=cfg.epochs)))
-
-
-def rebuild_schedules(method, total_steps: int) -> int:
-    """Stretch every cosine schedule of ``method`` over ``total_steps`` from the step it is at: each learning
-    rate becomes the closed form's value at (step, total_steps), as if the run had been asked for that
-    length from its start (the per-step updates that follow stay on that curve). Returns the step."""
-    import math
-    step = 0
-    from .optim import schedules
-    for sched in schedules(method):
-        step = sched.last_epoch
-        sched.T_max = max(1, total_steps)
-        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
-            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
-        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
-        if hasattr(sched.optimizer, "write_lr"):
-            sched.optimizer.write_lr()
-    return step
-
-
-def load_init_weights(net: ASGENet, source: str) -> dict:
-    """``--init-from``: load the model weights of another run (its best checkpoint) or of a checkpoint file
-    into ``net``; returns what was read ({path, epoch, config}). A missing or foreign source: one line."""
-    from pathlib import Path
-    path = Path(source)
-    if path.is_dir():
-        run = RunDir(path)
-        path = run.best_checkpoint if run.best_checkpoint.is_file() else run.last_checkpoint
-        if not path.is_file():
-            raise AsgeError(f"init_from: {source} holds no checkpoint (no checkpoints/best.pt or last.pt)")
-    elif not path.exists():
-        raise AsgeError(f"init_from: {source} does not exist (expected a run directory or a checkpoint .pt)")
-    ckpt = load_checkpoint(path)
-    if "model" not in ckpt:
-        raise CheckpointError(f"init_from: {path} holds no model weights")
-    load_model_state(net, ckpt["model"], path)
-    return {"path": str(path.resolve()), "epoch": ckpt.get("epoch"), "config": ckpt.get("config")}
-
-
-def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Optional[dict]:
-    """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
-    to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
-    says so and stops); an AsgeError, one line, when there is no run to resume (``require_run``, the
-    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there)."""
-    if not resume or (not require_run and not (cfg.out and RunDir(cfg.out).checkpoint_exists())):
-        return None
-    if not cfg.out:
-        raise AsgeError("--resume needs --out: the run directory to continue")
-    run = RunDir(cfg.out)
-    if run.path.exists() and not run.path.is_dir():
-        raise AsgeError(f"{run.path} is a file, not a run directory: there is no run to resume")
-    if not run.path.is_dir():
-        raise AsgeError(f"{run.path} does not exist: there is no run to resume (without --resume a new run "
-                        "starts there)")
-    from ..lock import check_not_locked
-    if int(os.environ.get("RANK", "0")) == 0:   # torchrun: rank 0 may hold the lock already when rank 1 looks
-        check_not_locked(run.path)        # a run in progress there: say who holds it
-    if run.summary_file.is_file() and run.checkpoint_exists():
-        summary = run.read_summary_if_any()           # damaged: one line
-        ckpt = load_checkpoint(run.last_checkpoint, mmap=True)   # damaged or foreign: said here; its
-        #                                                          weights are mapped, not read (fit loads them)
-        if extends(cfg.resolved(), TrainConfig.from_dict(ckpt["config"])):
-            return None                   # --epochs beyond the finished run's: fit extends it
-        diff = cfg.resolved().differences(TrainConfig.from_dict(ckpt["config"]))
-        if diff:
-            raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
-                                  f"checkpoint's in {diff}")
-        return summary
-    if not run.checkpoint_exists():
-        raise AsgeError(f"{run.path} holds no run to resume (no {run.last_checkpoint.relative_to(run.path)}); "
-                        "without --resume a new run starts there")
-    return None
-
-
-def finished_message(out, summary: dict) -> str:
-    """``runs/r1 is a finished run (30 epochs, test accuracy fusion 97.78%): nothing to resume``."""
-    acc = summary.get("test_accuracy") or {}
-    head = summary.get("headline") or next(iter(acc), None)
-    what = f", test accuracy {head} {acc[head]:.2f}%" if head in acc else ""
-    epochs = summary.get("epochs", "?")
-    return f"{out} is a finished run ({epochs} epoch{'' if epochs == 1 else 's'}{what}): nothing to resume"
-
-
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
         log: Callable[[str], None] = print, method_kwargs: Optional[dict] = None,
         method_factory: Optional[Callable] = None, world=None) -> dict:
@@ -403,37 +148,6 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
         return _train(cfg, run, stop, held, resume=resume, on_epoch_end=on_epoch_end, log=log,
                       method_kwargs=method_kwargs, method_factory=method_factory, world=world)
-
-
-def last_state(cfg: TrainConfig, net: ASGENet, method, epoch: int, best: dict, train_seconds: float, images: int,
-               partial: Optional[dict] = None, extensions: Optional[list] = None) -> dict:
-    """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after ``epoch``
-    (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next;
-    ``extensions``: the run's ``--resume --epochs N`` extensions so far."""
-    state = {"epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
-             "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images}
-    if partial is not None:
-        state["partial"] = partial
-    if extensions:
-        state["extensions"] = extensions
-    return state
-
-
-def rank_rng_state(saved, world) -> Optional[dict]:
-    """This rank's RNG state in a mid-epoch checkpoint (a list, one per rank, from data-parallel runs); None
-    when the checkpoint comes from a run with another number of ranks."""
-    if isinstance(saved, list):
-        return saved[world.rank] if world is not None and len(saved) == world.size else None
-    return saved if world is None else None
-
-
-def mid_epoch_point(method, world, epoch: int, steps_done: int, seconds: float) -> dict:
-    """The ``partial`` of a mid-epoch checkpoint: where in the epoch, the epoch's statistics and seconds so
-    far, and every rank's RNG state (the backprop baseline's dropout draws from it). A collective in
-    data-parallel runs."""
-    rng = RunDir.rng_state()
-    return {"epoch": epoch, "step": steps_done, "stats": method.stats_state(),
-            "rng": rng if world is None else world.all_gather_object(rng), "seconds": seconds}
 
 
 def stop_signal(stop: StopSignals, world) -> int:
