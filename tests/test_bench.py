@@ -100,3 +100,23 @@ def test_bench_equal_memory_adds_a_row_with_the_largest_asge_batch_within_bps_me
     assert equal["seconds"]["asge"] == pytest.approx(2 * b / ips["asge"])              # images of its batch
     out = capsys.readouterr().out
     assert f"{b}/16" in out and "a larger batch is another optimisation, not the same run" in out
+
+
+def test_each_method_is_built_for_its_own_batch_size(monkeypatch):
+    """A graphed step replays only batches of its configuration's size: at equal memory ASGE's method must
+    be built for ASGE's batch, not BP's (else every ASGE step would silently run eager)."""
+    import dataclasses
+    import asge.bench as bench
+    from asge.config import TrainConfig
+    built = {}
+    real = bench.bench_method
+
+    def spy(name, cfg, *a, **k):
+        built[name] = cfg.batch_size
+        return real(name, cfg, *a, **k)
+    monkeypatch.setattr(bench, "bench_method", spy)
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model="digits", width=0.25, batch_size=16,
+                                     device="cpu")).resolved()
+    r = bench.bench_one(dataclasses.replace(cfg, dataset="synthetic"), steps=1, warmup=1, chunk=1,
+                        device=torch.device("cpu"), log=lambda *_: None, asge_batch=24)
+    assert built == {"asge": 24, "bp": 16} and r["batch_sizes"] == {"asge": 24, "bp": 16}

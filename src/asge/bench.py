@@ -153,9 +153,9 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     batches, info = {}, None
     for name, b in batch_size.items():
         batches[name], info = bench_batches(dataclasses.replace(cfg, batch_size=b), n_batches, device)
-    methods = {name: bench_method(name, cfg, info, device, steps + warmup + 2, graphed=cfg.cuda_graphs == "on",
-                                  graph_warmup=max(0, min(3, warmup - 1)))
-               for name in ("asge", "bp")}
+    methods = {name: bench_method(name, dataclasses.replace(cfg, batch_size=b), info, device, steps + warmup + 2,
+                                  graphed=cfg.cuda_graphs == "on", graph_warmup=max(0, min(3, warmup - 1)))
+               for name, b in batch_size.items()}     # (a graphed step replays batches of its cfg's size)
 
     counters = {k: 0 for k in methods}
 
