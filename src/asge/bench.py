@@ -136,6 +136,8 @@ def equal_memory_batch(cfg: TrainConfig, device: torch.device, log=print) -> dic
         guess = max(8, int(batch * target / used) // 8 * 8)
         if guess == batch and used <= target:
             break
+        if guess == batch:                   # rounding left it just above: one multiple of 8 less
+            guess = max(8, batch - 8)
         batch, used = guess, step_memory("asge", cfg, guess, device)[0]
         log(f"  equal memory: ASGE at batch {batch} needs {used / 2 ** 20:.1f} MiB, BP at "
             f"{cfg.batch_size} {target / 2 ** 20:.1f} MiB ({basis})")
