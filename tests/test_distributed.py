@@ -98,6 +98,8 @@ def test_readme_torchrun_command_with_defaults_and_preemption(tmp_path):
     _, err = finish(cut)
     stopped = [line for line in err.splitlines() if line.startswith("asge:") and "stopped by" in line]
     assert len(stopped) == 1 and "stopped by SIGTERM after step" in stopped[0], err[-3000:]
+    announced = [line for line in err.splitlines() if "SIGTERM received: stopping after the current step" in line]
+    assert len(announced) == 1, err[-3000:]        # the main rank, once the ranks agree (stop_signal)
     assert "--resume" in stopped[0]
     partial = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["partial"]
     assert 0 < partial["step"] < 68
