@@ -114,13 +114,9 @@ def check_arguments(data, out: Path):
         return f"--out {out} already holds a GPU check (gpu_check.json); choose another --out"
     if data is None:
         return None
-    if not Path(data).is_dir():
-        return f"--data {data}: not a directory (expected the folder with the four Fashion-MNIST .gz files)"
-    from asge.data.in_memory import idx_files
-    missing = idx_files(Path(data))[1]
-    if missing:
-        return f"--data {data} lacks {', '.join(missing)} (expected the four Fashion-MNIST .gz files)"
-    return None
+    from asge.data.in_memory import idx_folder_problem
+    problem = idx_folder_problem(data)
+    return f"--data {problem}" if problem else None
 
 
 def main(argv=None) -> int:

@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"fashion-mnist": 93.41, "cifar10": 90.62}          # the paper's Fusion test accuracy, VGG8
 CONFIGS = {"fashion-mnist": "configs/vgg8-fashion-mnist.yaml", "cifar10": "configs/vgg8-cifar10.yaml"}
 TEST_SPLIT = 10_000
-WANTS = {"fashion-mnist": "the four Fashion-MNIST .gz files",
-         "cifar10": "a JPEG ImageFolder tree with train/<class>/*.jpg and, when given, test/"}
+TREE = "a JPEG ImageFolder tree with train/<class>/*.jpg and, when given, test/"
 
 
 def fail(message: str) -> int:
@@ -59,16 +58,15 @@ def unpack_tree(archive: Path, out: Path) -> Path:
 
 def check_data(dataset: str, data: Path):
     """What is wrong with ``--data`` for ``dataset`` (one line), or None."""
-    if dataset == "cifar10" and data.suffix == ".zip" and data.is_file():
+    if dataset == "fashion-mnist":
+        from asge.data.in_memory import idx_folder_problem
+        problem = idx_folder_problem(data)
+        return f"--data {problem}" if problem else None
+    if data.suffix == ".zip" and data.is_file():
         return None if zipfile.is_zipfile(data) else f"--data {data}: not a readable zip file"
     if not data.is_dir():
-        return (f"--data {data}: not a directory" + (" or a .zip of one" if dataset == "cifar10" else "")
-                + f" (expected {WANTS[dataset]})")
-    if dataset == "fashion-mnist":
-        from asge.data.in_memory import idx_files
-        missing = idx_files(data)[1]
-        return f"--data {data} lacks {', '.join(missing)} (expected {WANTS[dataset]})" if missing else None
-    return None if (data / "train").is_dir() else f"--data {data} has no train/ (expected {WANTS[dataset]})"
+        return f"--data {data}: not a directory or a .zip of one (expected {TREE})"
+    return None if (data / "train").is_dir() else f"--data {data} has no train/ (expected {TREE})"
 
 
 def train_command(args, run: Path, data: Path) -> tuple[list[str], dict]:

@@ -123,6 +123,16 @@ def idx_files(directory: Path) -> tuple[dict, list[str]]:
             [_IDX_FILES[r][0] for r, p in found.items() if p is None])
 
 
+def idx_folder_problem(directory, name: str = "Fashion-MNIST") -> str | None:
+    """What keeps ``directory`` from being read as the folder of ``name``'s four IDX files, in one line
+    (``DIR: not a directory (...)``, ``DIR lacks ... (...)``), or None."""
+    expected = f"expected the four {name} .gz files"
+    if not Path(directory).is_dir():
+        return f"{directory}: not a directory ({expected})"
+    missing = idx_files(Path(directory))[1]
+    return f"{directory} lacks {', '.join(missing)} ({expected})" if missing else None
+
+
 def load_mnist_like(name: str, root, *, download, subset, seed, device, input_size) -> Data:
     """MNIST / Fashion-MNIST: 60k train -> 50k train + 10k val (seed 42), official 10k test; 28x28 resized
     once to ``input_size`` (default 32, bilinear antialias), kept uint8. Fashion-MNIST train: random hflip."""
