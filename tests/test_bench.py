@@ -77,7 +77,7 @@ def test_asge_computes_no_conv_input_gradient_without_a_trained_norm():
 
 def test_bench_equal_memory_adds_a_row_with_the_largest_asge_batch_within_bps_memory(tmp_path, capsys):
     import dataclasses
-    from asge.bench import step_memory
+    from asge.bench import bench_batches, step_memory
     from asge.config import TrainConfig
     rc = main(["bench", "--model", "digits", "--width", "0.25", "--batch-size", "16", "--steps", "2",
                "--warmup", "1", "--chunk", "1", "--device", "cpu", "--no-matmul-peak", "--equal-memory",
@@ -94,7 +94,8 @@ def test_bench_equal_memory_adds_a_row_with_the_largest_asge_batch_within_bps_me
     cfg = TrainConfig.from_dict(dict(dataset="digits", model="digits", width=0.25, batch_size=16,
                                      device="cpu")).resolved()
     cfg = dataclasses.replace(cfg, dataset="synthetic")
-    assert step_memory("asge", cfg, b + 8, torch.device("cpu"))[0] > e["bp_bytes"]      # the largest one
+    info = bench_batches(cfg, 1, torch.device("cpu"))[1]
+    assert step_memory("asge", cfg, info, b + 8, torch.device("cpu"))[0] > e["bp_bytes"]      # the largest one
     ips = equal["images_per_second"]
     assert equal["speed_ratio"] == ips["asge"] / ips["bp"]
     assert equal["seconds"]["asge"] == pytest.approx(2 * b / ips["asge"])              # images of its batch

@@ -105,12 +105,15 @@ def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_
     return m
 
 
-def step_memory(name: str, cfg: TrainConfig, batch: int, device: torch.device) -> tuple[int, str]:
-    """(bytes, basis) one eager training step of method ``name`` at ``batch`` images needs: on CUDA the peak
-    allocated memory above what is held before the step (basis ``cuda_peak_bytes``), elsewhere the peak
-    bytes saved for backward (``saved_activation_bytes``). Measured on the step after one warm-up step."""
+def step_memory(name: str, cfg: TrainConfig, info, batch: int, device: torch.device) -> tuple[int, str]:
+    """(bytes, basis) one eager training step of method ``name`` at ``batch`` images of ``info``'s shape needs:
+    on CUDA the peak allocated memory above what is held before the step (basis ``cuda_peak_bytes``),
+    elsewhere the peak bytes saved for backward (``saved_activation_bytes``). Measured on the step after one
+    warm-up step, on random images (memory depends on the shapes alone: no data is read)."""
     c = dataclasses.replace(cfg, batch_size=batch, cuda_graphs="off")
-    batches, info = bench_batches(c, 2, device)
+    batches = synthetic_batches(2, batch, info.in_channels, info.image_size, info.num_classes, cfg.seed, device)
+    if cfg.channels_last:
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     m = bench_method(name, c, info, device, 4)
     m.train_step(*batches[0], 0)
     if device.type != "cuda":
@@ -127,8 +130,9 @@ def equal_memory_batch(cfg: TrainConfig, device: torch.device, log=print) -> dic
     """The largest ASGE batch (a multiple of 8) whose step needs no more memory than BP's at
     ``cfg.batch_size`` (:func:`step_memory`): the proportional estimate, measured and corrected until it
     stays (at most 4 measurements). Returns {"asge_batch", "basis", "bp_bytes", "asge_bytes"}."""
-    target, basis = step_memory("bp", cfg, cfg.batch_size, device)
-    batch, used = cfg.batch_size, step_memory("asge", cfg, cfg.batch_size, device)[0]
+    info = bench_batches(dataclasses.replace(cfg, batch_size=1), 1, device)[1]     # the images' shape, classes
+    target, basis = step_memory("bp", cfg, info, cfg.batch_size, device)
+    batch, used = cfg.batch_size, step_memory("asge", cfg, info, cfg.batch_size, device)[0]
     if min(target, used) <= 0:
         raise AsgeError(f"--equal-memory: a step's memory ({basis}) measured 0 bytes (BP {target}, ASGE {used}): "
                         "there is nothing to equal")
@@ -138,7 +142,7 @@ def equal_memory_batch(cfg: TrainConfig, device: torch.device, log=print) -> dic
             break
         if guess == batch:                   # rounding left it just above: one multiple of 8 less
             guess = max(8, batch - 8)
-        batch, used = guess, step_memory("asge", cfg, guess, device)[0]
+        batch, used = guess, step_memory("asge", cfg, info, guess, device)[0]
         log(f"  equal memory: ASGE at batch {batch} needs {used / 2 ** 20:.1f} MiB, BP at "
             f"{cfg.batch_size} {target / 2 ** 20:.1f} MiB ({basis})")
     return {"asge_batch": batch, "basis": basis, "bp_bytes": target, "asge_bytes": used}
@@ -152,9 +156,10 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     the batch of :func:`equal_memory_batch` (a different optimisation: report it as its own row)."""
     batch_size = {"asge": asge_batch or cfg.batch_size, "bp": cfg.batch_size}
     n_batches = max(1, min(steps + warmup, 16))
-    batches, info = {}, None
-    for name, b in batch_size.items():
-        batches[name], info = bench_batches(dataclasses.replace(cfg, batch_size=b), n_batches, device)
+    by_size = {b: bench_batches(dataclasses.replace(cfg, batch_size=b), n_batches, device)    # data read once
+               for b in sorted(set(batch_size.values()))}                                    # per batch size
+    batches = {name: by_size[b][0] for name, b in batch_size.items()}
+    info = by_size[cfg.batch_size][1]
     methods = {name: bench_method(name, dataclasses.replace(cfg, batch_size=b), info, device, steps + warmup + 2,
                                   graphed=cfg.cuda_graphs == "on", graph_warmup=max(0, min(3, warmup - 1)))
                for name, b in batch_size.items()}     # (a graphed step replays batches of its cfg's size)
