@@ -44,13 +44,12 @@ def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -
 
 
 def smallest_batch(cfg: TrainConfig) -> int:
-    """The smallest batch ``cfg``'s network trains on: 2 if it has BatchNorm layers, else 1."""
+    """The smallest batch ``cfg``'s network trains on (:func:`asge.train.loop.smallest_batch`)."""
     from .data import DatasetInfo
     from .presets import get_preset
-    from .train.loop import batch_norm_names, build_model
+    from .train.loop import build_model, smallest_batch as smallest
     size = cfg.input_size or get_preset(cfg.model)["image_size"]
-    net = build_model(cfg, DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size))
-    return 2 if batch_norm_names(net) else 1
+    return smallest(build_model(cfg, DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)))
 
 
 def measure_overhead(cfg: TrainConfig, device: torch.device, *, steps: int = 200, warmup: int = 10) -> dict:

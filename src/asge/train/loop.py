@@ -78,6 +78,12 @@ def batch_norm_names(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def smallest_batch(net: nn.Module) -> int:
+    """The fewest images a training batch of ``net`` (or a rank's share of one) may hold: 2 when it has
+    BatchNorm layers, else 1."""
+    return 2 if batch_norm_names(net) else 1
+
+
 def train_drop_last(net: nn.Module, cfg: TrainConfig, num_images: int, log: Callable[[str], None],
                     ranks: int = 1) -> bool:
     """Whether each epoch leaves out its last, smaller batch (said once through ``log``): when its share on
@@ -85,7 +91,7 @@ def train_drop_last(net: nn.Module, cfg: TrainConfig, num_images: int, log: Call
     (which need two values per channel in training). A ``--batch-size`` whose full batches cannot be
     shared so is refused."""
     norms = batch_norm_names(net)
-    need = 2 if norms else 1                         # images in each rank's share of a batch
+    need = smallest_batch(net)                       # images in each rank's share of a batch
     layers = f"the BatchNorm layers of {f'context {cfg.context!r}' if cfg.context != 'none' else norms[0]}" \
         if norms else ""
     needs = f"{layers} need 2" if norms else "every rank needs 1"
