@@ -223,3 +223,24 @@ def test_global_gather_equals_the_depthwise_conv_with_gradients(channels_last):
     gb = torch.autograd.grad(ref, [x, conv.weight], g)
     for a, b in zip(ga, gb):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("variant", ["theta", "plus"])
+@pytest.mark.parametrize("extent, hw", [(0, 8), (2, 2), (4, 3)])
+def test_a_single_value_per_channel_in_training_is_refused_by_name(variant, extent, hw):
+    m = GatherExcite(4, variant=variant, extent=extent)
+    x = torch.randn(1, 4, hw, hw)
+    with pytest.raises(ValueError) as e:
+        m(x)
+    message = str(e.value)
+    assert message.startswith(f"GatherExcite (variant '{variant}', ") and "\n" not in message
+    assert "training mode needs at least 2 images per batch, got 1" in message
+    assert "Expected more than 1 value" not in message
+    assert m(torch.randn(2, 4, hw, hw)).shape == (2, 4, hw, hw)       # two images: trains
+    assert m.eval()(x).shape == x.shape                                # one image in eval mode: runs
+
+
+def test_a_single_image_with_a_gathered_map_of_several_values_still_trains():
+    m = GatherExcite(4, variant="theta", extent=2)
+    assert m(torch.randn(1, 4, 4, 4)).shape == (1, 4, 4, 4)           # 2 x 2 values per channel: BN can
+    assert GatherExcite(4, variant="minus")(torch.randn(1, 4, 4, 4)).shape == (1, 4, 4, 4)   # no BN at all

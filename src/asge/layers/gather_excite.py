@@ -24,7 +24,8 @@ Variants (``variant=``):
 Excite: ``F.interpolate(..., mode="nearest")`` to H x W (output row y reads row floor(y * h' / H)); when
 e divides H and W this is exactly "each pixel gets its block's value". A global (1 x 1) summary is
 broadcast. In training mode the BatchNorms of ``theta``/``plus`` need more than one value per channel
-(for the global extent: batch > 1), as any BatchNorm.
+(for the global extent: batch > 1), as any BatchNorm; a batch that has one is refused with a ValueError that
+says so (:meth:`GatherExcite.check_batch`).
 """
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ class GatherExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
+        if self.gather is not None and self.training:
+            self.check_batch(x)
         if self.gather is None:  # minus
             if self.extent == 0:
                 g = x.mean(dim=(2, 3), keepdim=True)
@@ -109,6 +112,18 @@ class GatherExcite(nn.Module):
         if g.shape[-2:] != (1, 1):  # a 1 x 1 summary broadcasts; nearest resize otherwise
             g = F.interpolate(g, size=(h, w), mode="nearest")
         return x * torch.sigmoid(g).to(x.dtype)
+
+    def check_batch(self, x: torch.Tensor) -> None:
+        """ValueError, one line, when the gather's BatchNorm (``theta``/``plus``, training mode) would see a
+        single value per channel: batch x gathered map (1 x 1 for the global extent, ceil(H/e) x ceil(W/e)
+        otherwise) must hold at least 2 values. x: (B, C, H, W)."""
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        gathered = 1 if self.extent == 0 else math.ceil(h / self.extent) * math.ceil(w / self.extent)
+        if b * gathered < 2:
+            where = "global extent" if self.extent == 0 else f"extent {self.extent} on a {h}x{w} map"
+            raise ValueError(f"GatherExcite (variant {self.variant!r}, {where}) in training mode needs at least "
+                             f"2 images per batch, got {b}: its BatchNorm needs more than one value per channel "
+                             "(call .eval() to run a single image)")
 
     def global_gather(self, x: torch.Tensor) -> torch.Tensor:
         """The global gather: the depthwise conv whose kernel covers the map, then BN. (B, C, kh, kw) -> (B, C, 1, 1).
