@@ -17,6 +17,7 @@ from asge.errors import RunDirError
 from asge.report import load_run, make_report
 from asge.run import RunDir
 from asge.train import fit
+from test_stats import score_test_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -109,11 +110,17 @@ def test_markdown_tables_hold_the_summary_numbers(report, runs):
     md = report["report.md"].read_text()
     a, b = summary(runs["asge"]), summary(runs["bp"])
 
+    n = sum(map(sum, a["test_confusion"]["fusion"]))       # the test images
+
+    def with_interval(acc: float) -> str:             # the accuracy and its 95% Wilson interval (test_stats)
+        low, high = score_test_interval(round(acc * n / 100), n)
+        return f"{acc:.2f} ({100 * low:.2f}–{100 * high:.2f})"
+
     acc = table_rows(md, "Test accuracy by strategy (%)")
-    assert acc[0][:5] == ["run", "method", "fusion", "last", "best"]
-    assert acc[1][:5] == ["ASGE", "asge"] + [f"{a['test_accuracy'][k]:.2f}" for k in ("fusion", "last", "best")]
-    assert acc[1][-1].startswith(str(a["best_block"]))
-    assert acc[2][:5] == ["BP", "bp", "–", f"{b['test_accuracy']['last']:.2f}", "–"]
+    assert acc[0][:5] == ["run", "method", "fusion", "last", "best"] and acc[0][-1] == "test images"
+    assert acc[1][:5] == ["ASGE", "asge"] + [with_interval(a["test_accuracy"][k]) for k in ("fusion", "last", "best")]
+    assert acc[1][-2].startswith(str(a["best_block"])) and acc[1][-1] == f"{n:,}"
+    assert acc[2][:5] == ["BP", "bp", "–", with_interval(b["test_accuracy"]["last"]), "–"]
 
     info = {row[0]: dict(zip(table_rows(md, "Runs")[0], row)) for row in table_rows(md, "Runs")[1:]}
     assert info["ASGE"]["epochs"] == "2" and info["BP"]["epochs"] == "2"
@@ -125,7 +132,7 @@ def test_markdown_tables_hold_the_summary_numbers(report, runs):
 
     blocks = table_rows(md, "Per-block test accuracy (%)")
     assert blocks[0] == ["run"] + [f"block {i + 1}" for i in range(len(a["block_test_accuracy"]))]
-    expected = [f"{x:.2f}" for x in a["block_test_accuracy"]]
+    expected = [with_interval(x) for x in a["block_test_accuracy"]]
     expected[a["best_block"] - 1] += r" \*"
     assert blocks[1] == ["ASGE"] + expected
     assert len(blocks) == 2, "bp runs have no per-block row"
@@ -324,3 +331,18 @@ def test_runs_without_a_recorded_confusion_matrix_get_it_from_the_best_checkpoin
     rows = table_rows(md, "Per-class test accuracy (%)")
     m = recorded["fusion"]
     assert [r[2] for r in rows[1:]] == [f"{100 * m[i][i] / sum(m[i]):.2f}" for i in range(len(m))]
+
+
+def test_a_summary_that_does_not_say_how_many_images_were_tested_shows_no_interval(runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(runs["asge"], old)
+    s = summary(old)
+    s.pop("test_confusion")
+    (old / "summary.json").write_text(json.dumps(s))
+    (old / "checkpoints" / "best.pt").unlink()        # no checkpoint to count them from either
+    md = make_report([old], tmp_path / "r", labels=["ASGE"])["markdown"].read_text()
+    acc = table_rows(md, "Test accuracy by strategy (%)")
+    assert acc[1][2:5] == [f"{s['test_accuracy'][k]:.2f}" for k in ("fusion", "last", "best")]
+    assert acc[1][-1] == "–"
+    blocks = table_rows(md, "Per-block test accuracy (%)")
+    assert all("(" not in cell for cell in blocks[1])

@@ -303,14 +303,25 @@ def plural(n, word: str) -> str:
 
 def summary_rows(s: dict, out: Optional[str] = None) -> list[tuple[str, str]]:
     """The end-of-run summary as (label, text) rows: headline, strategies, per block, l*, parameters,
-    seconds, recipe, method, model, run directory."""
+    seconds, recipe, method, model, run directory. Each test accuracy carries its 95% Wilson score interval
+    in parentheses when the summary says how many images were tested (:mod:`asge.stats`)."""
+    from .stats import accuracy_interval, interval_text, count_test_images
     acc = s["test_accuracy"]
     head = s.get("headline") or ("fusion" if "fusion" in acc else "last")
+    n = count_test_images(s)
+
+    def ci(a, digits: int) -> str:
+        text = interval_text(accuracy_interval(a, n), digits, dash="-")
+        return f" ({text})" if text else ""
+
+    headline = interval_text(accuracy_interval(acc[head], n), dash="-")
     rows = [("headline", f"{acc[head]:.2f}% test accuracy ({head}) after {plural(s['epochs'], 'epoch')}, "
-                         f"the model of epoch {s['best_epoch']} (best validation)"),
-            ("strategies", "   ".join(f"{k} {v:.2f}%" for k, v in acc.items()))]
+                         f"the model of epoch {s['best_epoch']} (best validation)"
+                         + (f"; 95% interval {headline}% over {n:,} test images" if headline else "")),
+            ("strategies", "   ".join(f"{k} {v:.2f}%{ci(v, 2)}" for k, v in acc.items()))]
     if s.get("block_test_accuracy"):
-        rows.append(("per block", "  ".join(f"{i + 1}: {a:.1f}%" for i, a in enumerate(s["block_test_accuracy"]))))
+        rows.append(("per block", "  ".join(f"{i + 1}: {a:.1f}%{ci(a, 1)}"
+                                            for i, a in enumerate(s["block_test_accuracy"]))))
     if s.get("best_block"):
         rows.append(("l*", f"block {s['best_block']} (early exit uses {100 * s['best_compute_fraction']:.0f}% of "
                            "the conv compute)"))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from . import __version__
 from .report_plots import STRATEGY_ORDER
+from .stats import accuracy_interval, interval_text, count_test_images
 
 if TYPE_CHECKING:
     from .report import Run
@@ -32,6 +33,13 @@ class Table:
 
 def _pct(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _acc(value, n: Optional[int]) -> str:
+    """A test accuracy (%) and, when ``n`` test images are known, its 95% Wilson interval:
+    ``"97.78 (96.42–98.64)"``."""
+    interval = interval_text(accuracy_interval(value, n))
+    return _pct(value) + (f" ({interval})" if interval and _pct(value) != "–" else "")
 
 
 def _count(value) -> str:
@@ -57,13 +65,17 @@ def build_tables(runs: list[Run]) -> list[Table]:
         frac = s.get("best_compute_fraction")
         exit_text = (f"{l_star} ({100 * frac:.0f}% compute)" if l_star and isinstance(frac, (int, float))
                      else str(l_star) if l_star else "–")
-        acc_rows.append([r.label, r.method] + [_pct(s["test_accuracy"].get(k)) for k in strategies]
-                        + [_pct(s.get("val_accuracy", {}).get(r.headline)), exit_text])
+        n = count_test_images(s)
+        acc_rows.append([r.label, r.method] + [_acc(s["test_accuracy"].get(k), n) for k in strategies]
+                        + [_pct(s.get("val_accuracy", {}).get(r.headline)), exit_text, _count(n)])
     accuracy = Table("Test accuracy by strategy (%)",
-                     ["run", "method"] + strategies + ["best val (headline)", "best block l*"], acc_rows,
+                     ["run", "method"] + strategies + ["best val (headline)", "best block l*", "test images"],
+                     acc_rows,
                      "Each run is tested with its checkpoint of the best validation epoch, chosen by the headline "
-                     "strategy: fusion for ASGE, last for bp. Best predicts with block l*, the block with the "
-                     "best validation accuracy, and stops there (early exit).")
+                     "strategy: fusion for ASGE, last for bp. In parentheses: the 95% Wilson score interval of "
+                     "the test accuracy over the run's test images (none where its summary does not record how "
+                     "many). Best predicts with block l*, the block with the best validation accuracy, and stops "
+                     "there (early exit).")
     run_rows = []
     for r in runs:
         s, params, c = r.summary, r.summary.get("parameters") or {}, r.config
@@ -95,11 +107,13 @@ def build_tables(runs: list[Run]) -> list[Table]:
         rows = []
         for r in local:
             acc = r.summary["block_test_accuracy"]
-            cells = [_pct(a) + (" *" if r.summary.get("best_block") == i + 1 else "") for i, a in enumerate(acc)]
+            n = count_test_images(r.summary)
+            cells = [_acc(a, n) + (" *" if r.summary.get("best_block") == i + 1 else "") for i, a in enumerate(acc)]
             rows.append([r.label] + cells + [""] * (depth - len(acc)))
         tables.append(Table("Per-block test accuracy (%)", ["run"] + [f"block {i}" for i in range(1, depth + 1)],
                             rows, "The asterisk marks l*, the block with the best validation accuracy (the Best "
-                            "strategy).", [False] + [True] * depth))
+                            "strategy). In parentheses: the 95% Wilson score interval over the test images.",
+                            [False] + [True] * depth))
     per_class = per_class_table(runs)
     if per_class is not None:
         tables.append(per_class)
