@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -346,3 +347,58 @@ def test_a_summary_that_does_not_say_how_many_images_were_tested_shows_no_interv
     assert acc[1][-1] == "–"
     blocks = table_rows(md, "Per-block test accuracy (%)")
     assert all("(" not in cell for cell in blocks[1])
+
+
+# -- the comparison lines (issue 21 item 3) -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def three(runs, single_thread) -> dict[str, Path]:
+    """The runs fixture's two plus a second ASGE run (max pooling), by label."""
+    path = runs["asge"].parent / "digits-asge-max"
+    fit(TrainConfig(epochs=2, out=str(path), progress="none", subset=300, pool="max", device="cpu"),
+        log=lambda s: None)
+    return {"ASGE": runs["asge"], "BP": runs["bp"], "MAX": path}
+
+
+def comparison(out: Path) -> tuple[list[str], list[str]]:
+    """The comparison lines of report.md (bold paragraphs before the machine note) and of report.html."""
+    md = (out / "report.md").read_text().split("Speeds measured on", 1)[0]
+    page = (out / "report.html").read_text()
+    return re.findall(r"^\*\*(.*)\*\*$", md, re.M), re.findall(r'<p class="lead">(.*)</p>', page)
+
+
+def pair_line(runs: dict[str, Path], a: str, ref: str) -> str:
+    """The expected sentence for run ``a`` against ``ref``, from the two summaries."""
+    sa, sr = summary(runs[a]), summary(runs[ref])
+    acc_a, acc_r = sa["test_accuracy"][sa["headline"]], sr["test_accuracy"][sr["headline"]]
+    (lead, sl, al), (behind, sb, ab) = (((ref, sr, acc_r), (a, sa, acc_a)) if acc_r >= acc_a
+                                        else ((a, sa, acc_a), (ref, sr, acc_r)))
+    ia, ir = sa["images_per_second"], sr["images_per_second"]
+    fast, slow, ratio = (a, ref, ia / ir) if ia >= ir else (ref, a, ir / ia)
+    return (f"{lead} +{abs(acc_r - acc_a):.1f} points over {behind} ({sl['headline']} {al:.2f}% vs "
+            f"{sb['headline']} {ab:.2f}% test accuracy); {fast} {ratio:.1f}x faster per training image than "
+            f"{slow}.")
+
+
+@pytest.mark.parametrize("reference", [None, "ASGE"])
+def test_comparison_is_every_pair_and_does_not_depend_on_the_order_of_the_runs(three, tmp_path, reference):
+    found = []
+    for order in (["ASGE", "BP", "MAX"], ["MAX", "BP", "ASGE"]):
+        out = tmp_path / "-".join(order)
+        args = ["report", *(str(three[k]) for k in order), "--labels", ",".join(order), "--out", str(out)]
+        assert main(args + (["--reference", reference] if reference else [])) == 0
+        md, page = comparison(out)
+        assert [html.unescape(p) for p in page] == [m.replace("\\", "") for m in md]
+        found.append(md)
+    assert found[0] == found[1]
+    pairs = [("ASGE", "BP"), ("MAX", "BP")] if reference is None else [("BP", "ASGE"), ("MAX", "ASGE")]
+    assert [m.replace("\\", "") for m in found[0]] == [pair_line(three, a, ref) for a, ref in pairs]
+
+
+def test_reference_no_run_has_is_refused_in_one_line(three, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", str(three["ASGE"]), str(three["BP"]), "--labels", "ASGE,BP", "--reference", "Bp",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--reference 'Bp': no run has that label; the runs' labels are ASGE, BP" in err
+    assert not out.exists(), "nothing is written"

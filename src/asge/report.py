@@ -1,6 +1,6 @@
 """``asge report``: plots, report.md and a self-contained report.html from one or more finished runs.
 
-    asge report RUN_DIR [RUN_DIR ...] [--out DIR] [--labels a,b]
+    asge report RUN_DIR [RUN_DIR ...] [--out DIR] [--labels a,b] [--reference LABEL] [--force]
 
 Each RUN_DIR must be a finished run (config.yaml and summary.json; metrics.jsonl gives the curves).
 The output directory (default: ``RUN_DIR/report`` for one run, ``./report`` for several) receives
@@ -15,7 +15,11 @@ The output directory (default: ``RUN_DIR/report`` for one run, ``./report`` for 
                        relative path
     report.html        the same tables with the plots inlined as data URIs: one file to send or open
 
-``make_report(run_dirs, out_dir, labels)`` does the same from Python. A plot that has nothing to show
+The comparison at the top of report.md and report.html is one line per pair of runs: every run that is
+not backprop against every backprop run, or, with ``--reference LABEL``, every other run against that one
+(:func:`asge.report_html.comparison_lines`); it does not depend on the order the runs are given in.
+
+``make_report(run_dirs, out_dir, labels, reference)`` does the same from Python. A plot that has nothing to show
 (no ASGE run for the per-block plots) is not written. Plots are drawn with matplotlib's Agg canvas on
 figures of their own, so the caller's pyplot backend and state are left alone.
 """
@@ -193,6 +197,18 @@ def report_files(out: Path) -> list[Path]:
     return [out / n for n in names if (out / n).exists()]
 
 
+def run_labels(run_dirs: Sequence[str | Path], labels: Optional[Sequence[str]] = None) -> list[str]:
+    """The runs' labels as the report shows them: ``labels`` or the directory names, repeats numbered."""
+    return unique_labels(list(labels) if labels is not None else [Path(p).resolve().name for p in run_dirs])
+
+
+def check_reference(reference: Optional[str], labels: Sequence[str]) -> None:
+    """A ValueError, one line, when ``reference`` is given and no run has that label."""
+    if reference is not None and reference not in labels:
+        raise ValueError(f"--reference {reference!r}: no run has that label; the runs' labels are "
+                         f"{', '.join(labels)} (set them with --labels)")
+
+
 def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
     """``RUN/report`` for one run, ``./report`` for several."""
     return Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else Path("report")
@@ -200,13 +216,14 @@ def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
 
 # -- the report -----------------------------------------------------------------------------------------------
 def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = None,
-                labels: Optional[Sequence[str]] = None) -> dict[str, Path]:
-    """Write the plots, report.md and report.html for ``run_dirs`` into ``out_dir``.
+                labels: Optional[Sequence[str]] = None, reference: Optional[str] = None) -> dict[str, Path]:
+    """Write the plots, report.md and report.html for ``run_dirs`` into ``out_dir``; ``reference``: the label
+    of the run every other run is compared with (default: each backprop run).
 
     Returns the written files by name: the plot keys (``val_blocks``, ``test_by_block``, ``strategies``,
     ``val_headline``, ``speed``; only those that have something to show) plus ``markdown`` and ``html``.
     Raises RunDirError for a path that is not a finished run (nothing is written then), ValueError for a
-    wrong number of labels and AsgeError when ``out_dir`` cannot be written. Rewriting a report
+    wrong number of labels or a ``reference`` no run has, and AsgeError when ``out_dir`` cannot be written. Rewriting a report
     directory replaces its files and removes a plot of the earlier report that the new one lacks.
     """
     run_dirs = list(run_dirs)
@@ -215,8 +232,9 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} label(s) for {len(run_dirs)} run(s): give one label per run")
     check_distinct_runs(run_dirs)
-    names = list(labels) if labels is not None else [Path(p).resolve().name for p in run_dirs]
-    runs = [load_run(p, label) for p, label in zip(run_dirs, unique_labels(names))]
+    names = run_labels(run_dirs, labels)
+    check_reference(reference, names)
+    runs = [load_run(p, label) for p, label in zip(run_dirs, names)]
     for r in runs:
         add_confusion(r)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
@@ -224,12 +242,12 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
         raise AsgeError(f"the report directory {out} exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _write_report(runs, out)
+        return _write_report(runs, out, reference)
     except OSError as e:
         raise AsgeError(f"cannot write the report to {out}: {e.strerror or e}") from None
 
 
-def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
+def _write_report(runs: list[Run], out: Path, reference: Optional[str] = None) -> dict[str, Path]:
     """Draw the plots and write report.md and report.html into the existing directory ``out``."""
     plots: dict[str, Path] = {}
     several = len(runs) > 1
@@ -249,9 +267,9 @@ def _write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         (out / f"{key}.png").unlink(missing_ok=True)
     tables = build_tables(runs)
     md = out / "report.md"
-    md.write_text(render_markdown(runs, tables, plots), encoding="utf-8")
+    md.write_text(render_markdown(runs, tables, plots, reference), encoding="utf-8")
     page = out / "report.html"
-    page.write_text(render_html(runs, tables, plots), encoding="utf-8")
+    page.write_text(render_html(runs, tables, plots, reference), encoding="utf-8")
     return {**plots, "markdown": md, "html": page}
 
 
@@ -262,6 +280,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: RUN/report for one run, ./report for several)")
     parser.add_argument("--labels", help="comma-separated names for the runs in plots and tables "
                                          "(default: the directory names)")
+    parser.add_argument("--reference", metavar="LABEL",
+                        help="compare every other run with the run of this label (default: every run that is "
+                             "not backprop with each backprop run)")
     parser.add_argument("--force", action="store_true",
                         help="replace the report already in the output directory (without it, an existing "
                              "report is never overwritten: choose another --out)")
@@ -271,12 +292,13 @@ def run(args: argparse.Namespace) -> int:
     """``asge report``: write the report and print the files it wrote."""
     labels = parse_labels(args.labels, len(args.run_dirs))
     check_distinct_runs(args.run_dirs)
+    check_reference(args.reference, run_labels(args.run_dirs, labels))
     out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
     existing = report_files(out) if out.is_dir() else []
     if existing and not args.force:
         raise AsgeError(f"{out} already holds a report ({', '.join(p.name for p in existing[:3])}"
                         f"{', ...' if len(existing) > 3 else ''}); pass --force to replace it, or choose another --out")
-    written = make_report(args.run_dirs, out, labels)
+    written = make_report(args.run_dirs, out, labels, args.reference)
     for path in written.values():
         print(path)
     return 0
