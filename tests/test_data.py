@@ -426,7 +426,7 @@ def test_imagefolder_splits_transforms_and_determinism(tmp_path):
     data_make_tree(tmp_path, {"train": 7, "test": 2})
     data = load_data("imagefolder", str(tmp_path), num_workers=0)
     assert (len(data.train), len(data.val), len(data.test)) == (19, 2, 6)
-    assert data.info == D.DatasetInfo("imagefolder", 3, 3, 32, ("cat", "dog", "eel"))
+    assert data.info == D.DatasetInfo("imagefolder", 3, 3, 32, ("cat", "dog", "eel"), resize="center-crop")
     for s in (data.train, data.val, data.test):
         data_check_batches(s, 3, 32, 3)
     aug = data_collect(data.train, seed=1, augment=True, bs=8)
@@ -463,7 +463,7 @@ def test_imagenet_layout(tmp_path):
     data_make_tree(tmp_path, {"train": 4, "val": 1}, classes=("n01", "n02"))
     data = load_data("imagenet", str(tmp_path), num_workers=0)
     assert (len(data.train), len(data.val), len(data.test)) == (7, 1, 2)
-    assert data.info == D.DatasetInfo("imagenet", 2, 3, 224, ("n01", "n02"))
+    assert data.info == D.DatasetInfo("imagenet", 2, 3, 224, ("n01", "n02"), resize="center-crop")
     x, y = next(data.test.batches(2, shuffle=False, augment=False, seed=0, device="cpu"))
     assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 1]
     data_make_tree(tmp_path / "only-test", {"test": 1})
@@ -490,6 +490,10 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "test" / "yak").rmdir()
     bad = tmp_path / "train" / "cat" / "broken.png"
     bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="broken.png.*--skip-unreadable leaves such files out"):
+        load_data("imagefolder", str(tmp_path), num_workers=0)          # every header is read at load
+    good = next(p for p in (tmp_path / "train" / "cat").iterdir() if p != bad).read_bytes()
+    bad.write_bytes(good[:len(good) // 2])                               # a header that reads, pixels that don't
     data = load_data("imagefolder", str(tmp_path), num_workers=0)
     split = next(s for s in (data.train, data.val) if any(p == str(bad) for p, _ in s.samples))
     with pytest.raises(DatasetError, match="broken.png"):

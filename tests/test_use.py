@@ -215,5 +215,4 @@ def test_center_crop_preprocessing_is_the_folder_datasets_evaluation(tmp_path):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
     x, _ = next(FolderSplit([(p, 0) for p in paths], 16, num_workers=0).batches(
         8, shuffle=False, augment=False, seed=0, device="cpu"))
-    pre = Preprocessing.for_dataset("imagefolder", 16, 3)
-    assert pre.resize == "center-crop" and torch.equal(pre(paths), x)
+    assert torch.equal(Preprocessing(16, 3, "center-crop")(paths), x)

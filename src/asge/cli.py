@@ -123,9 +123,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-split", type=int, metavar="N",
                    help="imagefolder without test/: hold back N class-balanced images of train/ (seed 42) "
                         "as the test split")
+    g.add_argument("--skip-unreadable", action="store_true", default=None,
+                   help="imagefolder/imagenet: leave unreadable image files out (every image is decoded once to "
+                        "find them), say how many, list them in the run directory's unreadable.txt")
     g.add_argument("--num-workers", type=int, help="data loader workers (imagefolder/imagenet)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="architecture preset")
+    g.add_argument("--model", help="architecture preset (default: digits for images of up to 16 px, else quick)")
     g.add_argument("--width", type=float, help="width multiplier for the preset's channels")
     g.add_argument("--channels", type=parse_channels, help="custom blocks, e.g. 64,128v,128,256v (v = pool after)")
     g.add_argument("--alpha", type=float, help="partition granularity (P_l = floor(alpha*C_L/C_l))")
@@ -270,7 +273,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
 
 
 CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "augment", "test_split",
-                "num_workers", "model",
+                "skip_unreadable", "num_workers", "model",
                 "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
                 "head_features", "fusion_from", "projection", "method", "epochs",
                 "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
@@ -333,7 +336,8 @@ def summary_rows(s: dict, out: Optional[str] = None) -> list[tuple[str, str]]:
     rows.append(("method", s["method"] + (" (local losses: no gradient crosses a block)" if s["method"] == "asge"
                                           else " (backprop through the same blocks)")))
     channels = ", ".join(str(c) for c in s.get("channels") or [])
-    rows.append(("model", f"{s['model']} preset on {s['dataset']}" + (f", channels {channels}" if channels else "")
+    network = "custom channels" if s.get("custom_channels") else f"{s['model']} preset"
+    rows.append(("model", f"{network} on {s['dataset']}" + (f", channels {channels}" if channels else "")
                  + (f", {s['subset']:,} training images" if s.get("subset") else "")))
     if out:
         rows.append(("run directory", str(out)))
@@ -357,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(finished_message(cfg.out, finished))
         return 0
     if cfg.out is None:
-        cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+        cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.resolved().model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .train.distributed import fit_distributed, launched_by_torchrun
     if launched_by_torchrun():            # torchrun --nproc_per_node=N -m asge train ...: one rank of N
         if cfg.pipeline > 1:

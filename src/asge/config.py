@@ -135,9 +135,10 @@ class TrainConfig:
     input_size: Optional[int] = None      # imagefolder / imagenet side; others use their native size
     augment: str = "auto"                 # training augmentation: auto (the dataset's own) | none | hflip | crop-flip | cifar
     test_split: Optional[int] = None      # imagefolder without test/: N class-balanced images of train/ held back
+    skip_unreadable: bool = False         # image folders: leave unreadable files out (listed in the run directory)
     num_workers: int = 2                  # DataLoader workers (imagefolder / imagenet only)
     # model
-    model: str = "digits"
+    model: Optional[str] = None           # a preset; None: digits for images of up to 16 px, else quick
     width: float = 1.0
     channels: Optional[list] = None       # custom widths (overrides the preset's)
     downsample: Optional[list] = None     # custom pooling flags, one per block (bools or 0/1)
@@ -220,7 +221,7 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.model not in PRESETS:
+        if self.model is not None and self.model not in PRESETS:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(PRESETS)}")
         POOLS.check(self.pool)
         NORMS.check(self.norm)
@@ -246,13 +247,20 @@ class TrainConfig:
         if (self.channels is None) != (self.downsample is None):
             raise ValueError("channels and downsample must be given together (one entry per block)")
 
+    def image_size(self) -> int:
+        """The side S of the images the run reads: ``input_size``, else the dataset's own."""
+        from .data import native_size
+        return int(self.input_size or native_size(self.dataset))
+
     def resolved(self) -> "TrainConfig":
-        """A copy with the preset's defaults filled in: epochs, lr, and head_lr (the preset's, else lr)."""
-        from .presets import get_preset
-        p = get_preset(self.model)
+        """A copy with the defaults filled in: the model (:func:`~asge.presets.default_preset` for the image
+        size), epochs, lr, and head_lr (the preset's, else lr)."""
+        from .presets import default_preset, get_preset
+        model = self.model or default_preset(self.image_size())
+        p = get_preset(model)
         lr = self.lr or p["lr"]
         head_lr = self.head_lr or p.get("head_lr") or lr
-        return dataclasses.replace(self, epochs=self.epochs or p["epochs"], lr=lr, head_lr=head_lr)
+        return dataclasses.replace(self, model=model, epochs=self.epochs or p["epochs"], lr=lr, head_lr=head_lr)
 
     def architecture(self) -> dict:
         """Everything that shapes the network's state dict (compared when resuming or evaluating)."""

@@ -40,11 +40,6 @@ def check_run_strategy(method: str, strategy: Optional[str]) -> str:
     return strategy
 
 
-def _native_size(cfg: TrainConfig) -> int:
-    """Image side of runs that did not record it (before class names were recorded): the loaders' defaults."""
-    return int(cfg.input_size or {"digits": 8, "imagenet": 224}.get(cfg.dataset, 32))
-
-
 def data_info(cfg: TrainConfig, state: dict, recorded: Optional[dict] = None) -> DatasetInfo:
     """The :class:`DatasetInfo` a run was trained on: as recorded (``recorded``), else read off the weights
     (channels, classes) and the config (image size), with class names from :func:`asge.data.classes.class_names`
@@ -57,7 +52,7 @@ def data_info(cfg: TrainConfig, state: dict, recorded: Optional[dict] = None) ->
     except KeyError as e:
         raise CheckpointError(f"the weights lack {e.args[0]}: not an asge network") from None
     return DatasetInfo(name=cfg.dataset, num_classes=num_classes, in_channels=in_channels,
-                       image_size=_native_size(cfg), classes=class_names(cfg.dataset, num_classes))
+                       image_size=cfg.image_size(), classes=class_names(cfg.dataset, num_classes))
 
 
 def prepare(net: ASGENet, cfg: TrainConfig, info: DatasetInfo, summary: dict) -> ASGENet:
@@ -68,7 +63,7 @@ def prepare(net: ASGENet, cfg: TrainConfig, info: DatasetInfo, summary: dict) ->
     net.requires_grad_(False)
     net.classes = tuple(info.classes) if len(info.classes) == info.num_classes else \
         tuple(str(i) for i in range(info.num_classes))
-    net.preprocessing = Preprocessing.for_dataset(info.name, info.image_size, info.in_channels)
+    net.preprocessing = Preprocessing(info.image_size, info.in_channels, info.resize)   # the test split's
     net.config, net.summary, net.data_info = cfg, summary, info
     net.load_note = None
     return net

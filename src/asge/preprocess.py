@@ -3,9 +3,11 @@
 :class:`Preprocessing` repeats what the run's test split did to its images, for images of any size and mode:
 
 1. convert to the run's channels: 1 (grey: ITU-R 601-2 luma, PIL's ``L``) or 3 (RGB);
-2. resize to S x S: ``stretch`` (digits, MNIST, Fashion-MNIST, CIFAR: the whole image, bilinear with
-   antialiasing, rounded to uint8, as those datasets were resized at load) or ``center-crop`` (ImageFolder,
-   ImageNet: shorter side to round(S * 8 / 7), then the centre S x S);
+2. resize to S x S as the run's test split did (recorded per run, ``DatasetInfo.resize``): ``stretch`` (the
+   datasets held in memory: digits, MNIST, Fashion-MNIST, CIFAR and ImageFolder trees of mostly S x S
+   images: the whole image, bilinear with antialiasing, rounded to uint8, as they were resized at load) or
+   ``center-crop`` (trees decoded per batch, ImageNet: shorter side to round(S * 8 / 7), then the centre
+   S x S);
 3. scale to [0, 1] (uint8 / 255) and divide each image by its RMS over (C, H, W).
 
 The result, float32 ``(B, C, S, S)``, is what ``net.predict`` and the exported TorchScript / ONNX graphs take.
@@ -26,7 +28,6 @@ from .data.in_memory import resize_uint8
 from .errors import AsgeError
 
 RESIZES = ("stretch", "center-crop")
-FOLDER_DATASETS = ("imagefolder", "imagenet")
 
 
 class ImageReadError(AsgeError):
@@ -98,10 +99,6 @@ class Preprocessing:
             raise ValueError(f"unknown resize {self.resize!r}; valid: {', '.join(RESIZES)}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3 to read images, got {self.in_channels}")
-
-    @classmethod
-    def for_dataset(cls, dataset: str, image_size: int, in_channels: int) -> "Preprocessing":
-        return cls(int(image_size), int(in_channels), "center-crop" if dataset in FOLDER_DATASETS else "stretch")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":

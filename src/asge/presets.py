@@ -27,6 +27,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def default_preset(image_size: int) -> str:
+    """The preset a run without ``--model`` trains: ``digits`` for images of up to 16 px, else ``quick``."""
+    return "digits" if image_size <= 16 else "quick"
+
+
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(PRESETS)}")

@@ -87,7 +87,8 @@ def _file_entries(files: list[Path]) -> list[dict]:
 
 def data_source(cfg, data=None) -> dict:
     """The data a run read: ``{"dir": the directory, "files": [{name, bytes, sha256}]}`` (image folders:
-    ``{"dir", "images"}`` instead of files). Uses ``data.info.root`` (the directory the loader read), else
+    ``{"dir", "images", "listing_sha256"}`` instead of files: per split its image count and the sha256 of its
+    sorted ``relative path<TAB>bytes`` lines). Uses ``data.info.root`` (the directory the loader read), else
     finds the files the loaders would find, in their order."""
     name = cfg.dataset.lower().replace("_", "-")
     recorded = getattr(data, "source", None) or getattr(getattr(data, "info", None), "root", None)
@@ -127,6 +128,8 @@ def data_source(cfg, data=None) -> dict:
     out: dict = {"dir": str(root.resolve()) if root is not None else None}
     if data is not None:
         out["images"] = {k: len(getattr(data, k)) for k in ("train", "val", "test")}
+        if getattr(data, "listings", None):    # sha256 of each split's sorted (relative path, bytes) list
+            out["listing_sha256"] = dict(data.listings)
     return out
 
 

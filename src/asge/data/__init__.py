@@ -60,6 +60,7 @@ __all__ = [
     "augment_cifar",
     "adjust_hue_batched",
     "load_data",
+    "native_size",
     "read_idx",
     "rms_normalize",
 ]
@@ -67,9 +68,14 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "imagenet")
 
 
+def native_size(name: str) -> int:
+    """The image side S a dataset is read at without ``input_size``: digits 8, imagenet 224, the others 32."""
+    return {"digits": 8, "imagenet": 224}.get(str(name).lower().replace("_", "-"), 32)
+
+
 def load_data(name: str, root: str | None = None, *, download: bool = False, subset: int | None = None,
               seed: int = 0, device="cpu", input_size: int | None = None, num_workers: int = 2,
-              augment: str = "auto", test_split: int | None = None) -> Data:
+              augment: str = "auto", test_split: int | None = None, skip_unreadable: bool = False) -> Data:
     """Load a dataset as fixed train/val/test splits.
 
     name: one of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``).
@@ -88,6 +94,8 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
         4 px zero padding + flip), ``cifar`` (crop, flip, ColorJitter 0.4/0.4/0.4/0.1, RandomGrayscale 0.2).
         Trees decoded per batch take ``auto`` or ``none`` only.
     test_split: imagefolder without a test/ folder: hold back N class-balanced images of train/ (seed 42).
+    skip_unreadable: imagefolder / imagenet: leave unreadable image files out (listed in ``Data.unreadable``)
+        instead of stopping at the first one.
 
     Split sizes: digits 1077/360/360 (stratified 60/20/20); MNIST and Fashion-MNIST 50000/10000/10000;
     CIFAR 45000/5000/10000; imagefolder 90%/10% of train/ and test/; imagenet train/ minus 10000, 10000, val/.
@@ -99,8 +107,11 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
         raise ValueError(f"unknown augment {augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
     if test_split is not None and key != "imagefolder":
         raise DatasetError(f"{key}: test_split applies to imagefolder only ({key} has its own test split)")
+    if skip_unreadable and key not in ("imagefolder", "imagenet"):
+        raise DatasetError(f"{key}: skip_unreadable applies to image folders only (imagefolder, imagenet)")
     data = _load(key, root, download=download, subset=subset, seed=seed, device=torch.device(device),
-                 input_size=input_size, num_workers=num_workers, test_split=test_split)
+                 input_size=input_size, num_workers=num_workers, test_split=test_split,
+                 skip_unreadable=skip_unreadable)
     if data.info.root is None and root is not None and key in ("imagefolder", "imagenet"):
         data.info.root = os.path.abspath(root)           # the directory actually read (summary.json's data)
     if augment == "auto":
@@ -115,7 +126,8 @@ def load_data(name: str, root: str | None = None, *, download: bool = False, sub
     return data
 
 
-def _load(key: str, root, *, download, subset, seed, device, input_size, num_workers, test_split) -> Data:
+def _load(key: str, root, *, download, subset, seed, device, input_size, num_workers, test_split,
+          skip_unreadable) -> Data:
     if key == "digits":
         return load_digits(subset=subset, seed=seed, device=device, input_size=input_size)
     if key in ("mnist", "fashion-mnist"):
@@ -125,4 +137,4 @@ def _load(key: str, root, *, download, subset, seed, device, input_size, num_wor
         return load_cifar(key, root, download=download, subset=subset, seed=seed, device=device,
                            input_size=input_size)
     return load_folder(key, root, download=download, subset=subset, seed=seed, input_size=input_size,
-                       num_workers=num_workers, test_split=test_split, device=device)
+                       num_workers=num_workers, test_split=test_split, device=device, skip_unreadable=skip_unreadable)

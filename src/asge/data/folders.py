@@ -22,6 +22,9 @@ IMAGENET_VAL_SIZE = 10000
 #: Fraction of an ImageFolder train/ tree held out for validation.
 IMAGEFOLDER_VAL_FRACTION = 0.1
 
+#: The per-batch trees' training augmentation: RandomResizedCrop(S, scale 0.08-1, ratio 3/4-4/3) + flip.
+RANDOM_RESIZED_CROP = "random-resized-crop-flip"
+
 #: File extensions read as images (folder datasets, ``asge predict``).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -47,7 +50,8 @@ class _FolderDataset(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except Exception as e:  # truncated, corrupt, not an image: PIL raises OSError, SyntaxError, ValueError...
-            return f"cannot read image {path}: {e}"  # raised as a DatasetError in the main process
+            # raised as a DatasetError in the main process
+            return f"cannot read image {path}: {e} (--skip-unreadable leaves such files out)"
         s = self.size
         if self.train:  # RandomResizedCrop(s, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip
             rng = random.Random(sample_seed)
@@ -106,6 +110,11 @@ class FolderSplit(Split):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def augmentation(self) -> str:
+        """The training augmentation this split applies: RandomResizedCrop + flip, or none."""
+        return RANDOM_RESIZED_CROP if self.train else "none"
 
     def __repr__(self) -> str:
         return f"FolderSplit(n={len(self)}, image_size={self.image_size}, train={self.train})"
@@ -197,22 +206,48 @@ def _scan_folder(split_dir: Path, classes: Sequence[str] | None, name: str, layo
     return samples, list(classes)
 
 
-#: An ImageFolder tree whose first images are already S x S (a CIFAR-like copy) is decoded once into
-#: memory and trained like the in-memory datasets; larger images are decoded per batch by a DataLoader.
-SMALL_TREE_PROBE = 16
-
-
-def _is_small_tree(samples: Sequence[tuple[str, int]], size: int) -> bool:
-    """Whether the first :data:`SMALL_TREE_PROBE` images of ``samples`` are ``size`` x ``size`` (headers only)."""
+def _header_sizes(paths: Sequence[str]) -> list[tuple[int, int] | str]:
+    """Each image's (width, height) read from its header (cheap: no pixel is decoded), or why it cannot be."""
     from PIL import Image
-    for path, _ in samples[:SMALL_TREE_PROBE]:
+    out: list[tuple[int, int] | str] = []
+    for path in paths:
         try:
             with Image.open(path) as im:
-                if im.size != (size, size):
-                    return False
-        except Exception:  # an unreadable file: the per-batch path names it when it is reached
-            return False
-    return True
+                out.append(im.size)
+        except Exception as e:  # not an image, truncated header, unreadable file
+            out.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return out
+
+
+def _decode_problem(path: str) -> str | None:
+    """Why ``path`` cannot be decoded whole (a truncated JPEG passes the header read), or None."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.convert("RGB")
+        return None
+    except Exception as e:
+        return f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def _unreadable(paths: Sequence[str], sizes: Sequence[tuple[int, int] | str], decode: bool,
+                workers: int) -> list[str]:
+    """Why each unreadable file of ``paths`` is (one line each): its header, and with ``decode`` its pixels
+    (decoded in ``workers`` threads; PIL releases the GIL while decoding)."""
+    bad = [s for s in sizes if isinstance(s, str)]
+    if decode:
+        from concurrent.futures import ThreadPoolExecutor
+        ok = [p for p, s in zip(paths, sizes) if not isinstance(s, str)]
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            bad += [r for r in pool.map(_decode_problem, ok, chunksize=256) if r is not None]
+    return bad
+
+
+def listing_sha256(samples: Sequence[tuple[str, int]], root: Path) -> str:
+    """sha256 of a split's sorted ``relative path<TAB>bytes`` lines: what tells two trees apart cheaply."""
+    import hashlib
+    lines = sorted(f"{os.path.relpath(path, root)}\t{os.path.getsize(path)}\n" for path, _ in samples)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +263,7 @@ def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> tuple[torch.Te
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
         except Exception as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
+            raise DatasetError(f"cannot read image {path}: {e} (--skip-unreadable leaves such files out)") from None
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         images[i] = img if img.shape[-2:] == (size, size) else resize_uint8(img[None], size)[0]
     return images, torch.tensor([label for _, label in samples], dtype=torch.int64)
@@ -250,14 +285,19 @@ def held_out_test(labels: Sequence[int], n_test: int, name: str) -> tuple[list[i
 
 
 def load_folder(name: str, root, *, download, subset, seed, input_size, num_workers, test_split=None,
-                device="cpu") -> Data:
+                device="cpu", skip_unreadable: bool = False) -> Data:
     """ImageFolder trees. ``imagefolder``: train/ and test/ (or val/), val = 10% of train (seed 42),
     default input_size 32; without test/ (or val/), ``test_split`` N holds back a class-balanced test split
-    of N images of train/ (seed 42) first. A tree whose images are already S x S (e.g. a JPEG copy of
-    CIFAR-10) is decoded once and held in memory on ``device`` (:class:`TensorSplit`, the CIFAR augmentation,
-    no resize for evaluation); other trees are decoded per batch (:class:`FolderSplit`).
-    ``imagenet``: train/ and val/ (the test split), val = min(10000, 10% of train) held out of train
-    (seed 42), default input_size 224."""
+    of N images of train/ (seed 42) first. ``imagenet``: train/ and val/ (the test split), val = min(10000,
+    10% of train) held out of train (seed 42), default input_size 224.
+
+    How the tree is read is decided from every image's size (read from the headers): when most images are
+    already S x S (e.g. a JPEG copy of CIFAR-10) the tree is decoded once and held in memory on ``device``
+    (:class:`TensorSplit`, the CIFAR augmentation; an image of another size is resized whole to S x S, for
+    training and test alike); otherwise it is decoded per batch (:class:`FolderSplit`: RandomResizedCrop for
+    training, the shorter side resized and the centre cropped for evaluation). ``Data.reading`` says which.
+    An unreadable file stops the load naming it; ``skip_unreadable`` leaves such files out instead (every
+    image is then decoded once to find them) and lists them in ``Data.unreadable``."""
     test_names = ("test", "val") if name == "imagefolder" else ("val",)
     layout = (f"<root>/train/<class>/*.jpg and <root>/{'test' if name == 'imagefolder' else 'val'}/<class>/*.jpg"
               f" (ImageFolder layout)")
@@ -276,13 +316,29 @@ def load_folder(name: str, root, *, download, subset, seed, input_size, num_work
                            f"split: drop --test-split, or point --data-root at a tree without {test_dir.name}/")
     if not train_dir.is_dir() or (test_dir is None and test_split is None):
         looked = [str(train_dir)] + ([str(d) for d in test_dirs] if test_split is None else [])
-        raise DatasetError(f"{name}: missing folder(s); looked for {', '.join(looked)}; expected {layout}")
+        raise DatasetError(f"{name}: missing folder(s); looked for {', '.join(looked)}; expected {layout}"
+                           + _did_you_mean(root))
     train_samples, classes = _scan_folder(train_dir, None, name, layout)
+    test_samples = [] if test_dir is None else _scan_folder(test_dir, classes, name, layout)[0]
+    size = check_size(input_size, 32 if name == "imagefolder" else 224)     # asge.data.native_size
+
+    paths = [p for p, _ in train_samples + test_samples]
+    sizes = _header_sizes(paths)
+    unreadable = _unreadable(paths, sizes, skip_unreadable, num_workers or os.cpu_count() or 1)
+    if unreadable and not skip_unreadable:
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise DatasetError(f"cannot read image {unreadable[0]}{more}; --skip-unreadable leaves such files out")
+    if unreadable:
+        bad = {line.split(": ", 1)[0] for line in unreadable}
+        train_samples = [s for s in train_samples if s[0] not in bad]
+        test_samples = [s for s in test_samples if s[0] not in bad]
+    readable = [wh for wh in sizes if not isinstance(wh, str)]
+    square = sum(wh == (size, size) for wh in readable)
+    in_memory = name == "imagefolder" and 2 * square > len(readable)
+
     if test_split is not None:
         kept, held = held_out_test([c for _, c in train_samples], test_split, name)
         test_samples, train_samples = [train_samples[i] for i in held], [train_samples[i] for i in kept]
-    else:
-        test_samples, _ = _scan_folder(test_dir, classes, name, layout)
     n = len(train_samples)
     if name == "imagefolder":
         n_val = max(1, round(n * IMAGEFOLDER_VAL_FRACTION)) if n > 1 else 0
@@ -292,13 +348,39 @@ def load_folder(name: str, root, *, download, subset, seed, input_size, num_work
     sub = subset_indices(len(tr), subset, seed, name)
     if sub is not None:
         tr = tr[sub]
-    size = check_size(input_size, 32 if name == "imagefolder" else 224)
-    pick = lambda idx: [train_samples[i] for i in idx.tolist()]  # noqa: E731
-    info = DatasetInfo(name=name, num_classes=len(classes), in_channels=3, image_size=size, classes=tuple(classes))
-    if name == "imagefolder" and _is_small_tree(train_samples, size):
+    splits = {"train": [train_samples[i] for i in tr.tolist()], "val": [train_samples[i] for i in va.tolist()],
+              "test": test_samples}
+    info = DatasetInfo(name=name, num_classes=len(classes), in_channels=3, image_size=size, classes=tuple(classes),
+                       resize="stretch" if in_memory else "center-crop")
+    census = f"{name}: {square:,} of {len(readable):,} images are {size}x{size}"
+    extras = dict(listings={k: listing_sha256(v, root) for k, v in splits.items()}, unreadable=unreadable)
+    if in_memory:
+        other = len(readable) - square
+        reading = (f"{census}: decoded once into memory"
+                   + (f" (the other {other:,} resized whole to {size}x{size}, for training and test alike)"
+                      if other else "") + "; evaluation uses them as loaded")
         mk = lambda samples, aug: TensorSplit(*_decode_all(samples, size), augmentation=aug,  # noqa: E731
                                               device=device)
-        return Data(train=mk(pick(tr), "cifar"), val=mk(pick(va), "none"), test=mk(test_samples, "none"), info=info)
-    return Data(train=FolderSplit(pick(tr), size, train=True, num_workers=num_workers),
-                val=FolderSplit(pick(va), size, num_workers=num_workers),
-                test=FolderSplit(test_samples, size, num_workers=num_workers), info=info)
+        return Data(train=mk(splits["train"], "cifar"), val=mk(splits["val"], "none"),
+                    test=mk(splits["test"], "none"), info=info, reading=reading, **extras)
+    reading = (f"{census}: decoded per batch; evaluation resizes the shorter side to {round(size * 8 / 7)} and "
+               f"crops the centre {size}x{size}")
+    return Data(train=FolderSplit(splits["train"], size, train=True, num_workers=num_workers),
+                val=FolderSplit(splits["val"], size, num_workers=num_workers),
+                test=FolderSplit(splits["test"], size, num_workers=num_workers), info=info, reading=reading,
+                **extras)
+
+
+def _did_you_mean(root: Path) -> str:
+    """A hint when ``root`` itself holds class folders of images (a split folder, or a tree without train/)."""
+    try:
+        holds_classes = any(e.is_dir() and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(e.path))
+                            for e in os.scandir(root))
+    except OSError:
+        return ""
+    if not holds_classes:
+        return ""
+    if (root.parent / "train").is_dir() and root.name in ("train", "test", "val"):
+        return f"; {root} itself holds class folders: did you mean --data-root {root.parent}?"
+    return (f"; {root} itself holds class folders: put them under {root / 'train'} (and a test/ beside it, or "
+            "pass --test-split N)")

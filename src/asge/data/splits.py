@@ -31,6 +31,9 @@ class DatasetInfo:
     ``image_size`` is the side S of the square (C, S, S) images the splits yield. ``classes`` holds the
     class names, index -> name (:mod:`asge.data.classes`; ImageFolder/ImageNet: the folder names).
     ``root`` is the directory the files were actually read from (None: no files, digits).
+    ``resize`` is how the test split brought an image file to S x S (:data:`asge.preprocess.RESIZES`):
+    ``stretch`` (the whole image resized, the in-memory datasets) or ``center-crop`` (trees decoded per batch);
+    ``asge predict`` and exported models repeat it.
     """
 
     name: str
@@ -39,17 +42,22 @@ class DatasetInfo:
     image_size: int
     classes: tuple[str, ...] = ()
     root: Optional[str] = field(default=None, compare=False)    # where, not what: not compared
+    resize: str = "stretch"
 
     def to_dict(self) -> dict:
         """Plain data (JSON, checkpoints): what a run records of its dataset."""
         return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "classes": list(self.classes), "root": self.root}
+                "image_size": self.image_size, "classes": list(self.classes), "root": self.root,
+                "resize": self.resize}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
+        """The inverse of :meth:`to_dict`. Runs recorded before ``resize`` was: the folder datasets said
+        ``center-crop``, the others ``stretch``."""
         root = d.get("root")
+        resize = d.get("resize") or ("center-crop" if d["name"] in ("imagefolder", "imagenet") else "stretch")
         return cls(str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), int(d["image_size"]),
-                   tuple(d.get("classes") or ()), None if root is None else str(root))
+                   tuple(d.get("classes") or ()), None if root is None else str(root), str(resize))
 
 
 def rms_normalize(x: torch.Tensor, eps: float = _RMS_EPS) -> torch.Tensor:
@@ -149,12 +157,21 @@ class TensorSplit(Split):
 
 @dataclass
 class Data:
-    """The three splits of a dataset and its :class:`DatasetInfo`."""
+    """The three splits of a dataset and its :class:`DatasetInfo`.
+
+    Folder datasets also say how they were read: ``reading`` (one line for the user: which path, how many
+    images were already S x S), ``listings`` (per split, the sha256 of its sorted (relative path, bytes)
+    list: two different trees cannot be told apart by their counts) and ``unreadable`` (files left out by
+    ``skip_unreadable``).
+    """
 
     train: Split
     val: Split
     test: Split
     info: DatasetInfo
+    reading: Optional[str] = None
+    listings: Optional[dict] = None
+    unreadable: list = field(default_factory=list)
 
 
 def fixed_split(n: int, n_val: int) -> tuple[torch.Tensor, torch.Tensor]:

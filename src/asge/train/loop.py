@@ -57,7 +57,7 @@ def load_run_data(cfg: TrainConfig, device: torch.device, *, subset="config", do
     return load_data(cfg.dataset, cfg.data_root, download=cfg.download if download is None else download,
                      subset=cfg.subset if subset == "config" else subset, seed=cfg.seed, device=device,
                      input_size=cfg.input_size, num_workers=cfg.num_workers, augment=cfg.augment,
-                     test_split=cfg.test_split)
+                     test_split=cfg.test_split, skip_unreadable=cfg.skip_unreadable)
 
 
 def build_model(cfg: TrainConfig, info) -> ASGENet:
@@ -140,6 +140,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     cfg.validate()
     from ..layers.context import check_context_options
     check_context_options(cfg.context, cfg.context_options)   # before the data: one line, naming the keys
+    model_note = default_model_note(cfg)
     cfg = cfg.resolved()
     main = world is None or world.is_main
     finished = check_resume(cfg, resume, require_run=False)
@@ -152,8 +153,43 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
             held.enter_context(RunLock(cfg.out, log=log))
             run = RunDir(cfg.out)
         stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
+        if model_note and main:
+            log(model_note)
         return _train(cfg, run, stop, held, resume=resume, on_epoch_end=on_epoch_end, log=log,
                       method_kwargs=method_kwargs, method_factory=method_factory, world=world)
+
+
+def default_model_note(cfg: TrainConfig) -> Optional[str]:
+    """What a run without ``--model`` trains, in one line (None when ``--model`` was given)."""
+    if cfg.model is not None:
+        return None
+    model, size = cfg.resolved().model, cfg.image_size()
+    if cfg.channels is not None:
+        return f"no --model given: the custom channels take the {model} preset's defaults (lr, epochs)"
+    return f"no --model given: training the {model} preset, the default for {size}x{size} images"
+
+
+#: Fewer validation images than this make the best-epoch and l* choices noisy: said once.
+SMALL_VALIDATION = 500
+
+
+def describe_data(data, val_images: int) -> list[str]:
+    """Lines that say how the data was read: which path a folder tree took and the training augmentation
+    it resolved to, files left out as unreadable, a small validation split."""
+    lines = []
+    if data.reading:
+        lines.append(f"{data.reading}; training augmentation {data.train.augmentation}")
+    if data.unreadable:
+        lines.append(f"left out {len(data.unreadable)} unreadable image file(s) (--skip-unreadable), listed in "
+                     f"the run directory's {UNREADABLE_FILE}; first: {data.unreadable[0]}")
+    if val_images < SMALL_VALIDATION:
+        lines.append(f"note: the best epoch and l* are chosen on {val_images} validation images (under "
+                     f"{SMALL_VALIDATION}): expect them to be noisy; the summary gives 95% intervals")
+    return lines
+
+
+#: The run directory's list of files left out by --skip-unreadable.
+UNREADABLE_FILE = "unreadable.txt"
 
 
 def stop_signal(stop: StopSignals, world) -> int:
@@ -189,6 +225,10 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                                   f"checkpoint's in {diff}")
 
     data = load_run_data(cfg, device)
+    val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
+    if main:
+        for line in describe_data(data, len(val_split)):
+            log(line)
     torch.manual_seed(cfg.seed)    # modules that draw their init from the global RNG (context layers)
     net = build_model(cfg, data.info).to(device)
     if cfg.channels_last:
@@ -201,7 +241,6 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     method = maybe_graphed(method, cfg, device, world, log)     # --cuda-graphs (graphs.py)
     autocast = autocast_for(cfg, device)
     eval_batch = max(cfg.batch_size, 256)
-    val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
 
     start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
     partial, extensions, init = None, [], None
@@ -244,6 +283,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     elif run is not None:
         run.create(cfg)
         run.truncate_metrics(0)
+    if run is not None and data.unreadable:
+        (run.path / UNREADABLE_FILE).write_text("".join(line + "\n" for line in data.unreadable))
     if world is not None:
         world.broadcast_module(net)
 
@@ -376,7 +417,14 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
                "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
-               "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict()}
+               "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict(),
+               "augmentation": data.train.augmentation}
+    if cfg.channels is not None:
+        summary["custom_channels"] = True
+    if data.reading:
+        summary["reading"] = data.reading
+    if data.unreadable:
+        summary["unreadable_images"] = len(data.unreadable)
     counts = net.parameter_counts()
     if cfg.method == "asge":
         l_star = 1 + max(range(len(net.blocks)), key=lambda i: best["val"]["block_acc"][i])
