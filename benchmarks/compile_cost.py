@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from asge.allocator import tune_malloc
-from asge.bench import synthetic_batches
+from asge.runs.allocator import tune_malloc
+from asge.perf.bench import synthetic_batches
 from asge.config import TrainConfig
 from asge.data import DatasetInfo
 from asge.train import Backprop, LocalLearning

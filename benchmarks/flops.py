@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from asge.flops import conv_flops, conv_needs_input_grad, matmul_peak_gflops
-from asge.model import ASGENet
+from asge.nn.flops import conv_flops, conv_needs_input_grad, matmul_peak_gflops
+from asge.nn.model import ASGENet
 
 
 def main():

@@ -16,11 +16,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-import asge.block as block_module
-from asge.activation_memory import measure_saved_bytes
+import asge.nn.block as block_module
+from asge.perf.activation_memory import measure_saved_bytes
 from asge.config import TrainConfig
-from asge.goodness import spatial_goodness
-from asge.model import ASGENet
+from asge.nn.goodness import spatial_goodness
+from asge.nn.model import ASGENet
 from asge.train import LocalLearning
 
 

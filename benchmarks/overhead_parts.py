@@ -21,7 +21,7 @@ import torch
 
 import asge.train.local as local
 from asge.config import TrainConfig
-from asge.overhead import measure_overhead
+from asge.perf.overhead import measure_overhead
 
 
 def without_heads(method, feats, labels):

@@ -28,8 +28,8 @@ from torch import nn
 
 from asge import block as block_mod
 from asge import allocator
-from asge.allocator import tune_malloc
-from asge.bench import synthetic_batches
+from asge.runs.allocator import tune_malloc
+from asge.perf.bench import synthetic_batches
 from asge.config import TrainConfig
 from asge.data import DatasetInfo
 from asge.train import Backprop, LocalLearning

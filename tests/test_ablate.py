@@ -5,7 +5,7 @@ import json
 import pytest
 
 import asge.train
-from asge.ablate import CSV_COLUMNS, grid_settings, options_for, run_ablation, split_context_options
+from asge.tools.ablate import CSV_COLUMNS, grid_settings, options_for, run_ablation, split_context_options
 from asge.cli import main
 from asge.config import TrainConfig
 

@@ -7,10 +7,10 @@ import re
 import pytest
 import torch
 
-from asge.activation_memory import SavedTensorMeter
-from asge.bench import RESULT_KEYS
-from asge.flops import conv_flops, conv_needs_input_grad
-from asge.model import ASGENet
+from asge.perf.activation_memory import SavedTensorMeter
+from asge.perf.bench import RESULT_KEYS
+from asge.nn.flops import conv_flops, conv_needs_input_grad
+from asge.nn.model import ASGENet
 from asge.cli import main
 
 
@@ -77,7 +77,7 @@ def test_asge_computes_no_conv_input_gradient_without_a_trained_norm():
 
 def test_bench_equal_memory_adds_a_row_with_the_largest_asge_batch_within_bps_memory(tmp_path, capsys):
     import dataclasses
-    from asge.bench import bench_batches, step_memory
+    from asge.perf.bench import bench_batches, step_memory
     from asge.config import TrainConfig
     rc = main(["bench", "--model", "digits", "--width", "0.25", "--batch-size", "16", "--steps", "2",
                "--warmup", "1", "--chunk", "1", "--device", "cpu", "--no-matmul-peak", "--equal-memory",
@@ -107,7 +107,7 @@ def test_each_method_is_built_for_its_own_batch_size(monkeypatch):
     """A graphed step replays only batches of its configuration's size: at equal memory ASGE's method must
     be built for ASGE's batch, not BP's (else every ASGE step would silently run eager)."""
     import dataclasses
-    import asge.bench as bench
+    import asge.perf.bench as bench
     from asge.config import TrainConfig
     built = {}
     real = bench.bench_method

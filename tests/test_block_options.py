@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from asge.cli import build_parser, config_from_args, main
+from asge.cli import build_parser, main
+from asge.options import config_from_args
 from asge.config import TrainConfig
 from asge.data import DatasetInfo
 from asge.layers import CONTEXTS, POOLS, GatherExcite, GSoP, SpatialGroupEnhance
-from asge.model import ASGENet
-from asge.run import RunDir, load_checkpoint
+from asge.nn.model import ASGENet
+from asge.runs.directory import RunDir, load_checkpoint
 from asge.train import METHODS, build_model, fit
 from asge.train.local import block_step
 

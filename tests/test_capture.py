@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from asge.config import TrainConfig
 from asge.errors import AsgeError
-from asge.model import ASGENet
+from asge.nn.model import ASGENet
 from asge.train import Backprop, LocalLearning
 from asge.train.graphs import GraphedStep, graphs_blocker, use_cuda_graphs
 

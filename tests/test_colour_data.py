@@ -119,7 +119,7 @@ def test_colour_recipe_trains_a_colour_tree_alone_and_learns_its_projections(tmp
     colour images with a held-back test split: it trains, records what it set, and every block's projection moved."""
     from asge.config import TrainConfig
     from asge.recipes import RECIPES
-    from asge.run import load_checkpoint
+    from asge.runs.directory import load_checkpoint
     from asge.train import fit
     make_small_tree(tmp_path / "data", per_class=8, size=16)
     cfg = TrainConfig(recipe="colour", dataset="imagefolder", data_root=str(tmp_path / "data"), input_size=16,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asge.config import TrainConfig
-from asge.model import ASGENet
+from asge.nn.model import ASGENet
 from asge.train import Backprop, LocalLearning, fit
 from asge.train.local import make_optimizer
 
@@ -67,7 +67,7 @@ def test_training_step_makes_no_host_sync_on_cuda(method, amp):
 
 
 def test_bench_reports_cuda_peak_memory_for_both_methods():
-    from asge.bench import bench_one
+    from asge.perf.bench import bench_one
     cfg = TrainConfig(model="digits", width=0.25, batch_size=32, lr=2e-4, device="cuda").resolved()
     cfg.dataset = "synthetic"
     r = bench_one(cfg, steps=2, warmup=1, chunk=1, device=CUDA, log=lambda *_: None)
@@ -167,7 +167,7 @@ def test_a_replay_makes_no_host_sync(method):
 def test_mid_epoch_checkpoint_resumed_under_graphs_equals_the_uninterrupted_run(tmp_path, monkeypatch, method,
                                                                                  deterministic_cudnn):
     from helpers import same_tensors
-    from asge.run import RunDir, load_checkpoint
+    from asge.runs.directory import RunDir, load_checkpoint
     from asge.train import graphs
 
     tiny = dict(dataset="digits", channels=[8, 16, 16], downsample=[False, True, False], epochs=2, subset=400,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from asge.config import TrainConfig
-from asge.run import load_checkpoint
+from asge.runs.directory import load_checkpoint
 from asge.train import fit
 from asge.train.distributed import fit_distributed, free_port, rank_seed
 

@@ -10,7 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from asge.config import TrainConfig
-from asge.model import ASGENet
+from asge.nn.model import ASGENet
 from asge.train import LocalLearning, block_step, fit
 from asge.train import local as local_mod
 from asge.train.local import dropout_seed, make_optimizer
@@ -149,7 +149,7 @@ def test_channels_last_trains_on_digits(tmp_path):
 
 def _plain_local_forward(block, x):
     """The fused step's reference: relu -> square -> window average -> projection, differentiated by autograd."""
-    from asge.goodness import _bin_sizes
+    from asge.nn.goodness import _bin_sizes
     y = block.features(local_mod.channels_last(x))
     b, c, h, w = y.shape
     p = block.partition
@@ -193,7 +193,7 @@ def test_fused_step_trains_bitwise_like_plain_autograd(norm, goodness):
 
 
 def test_fused_goodness_matches_spatial_goodness_and_its_gradient():
-    from asge.goodness import relu_spatial_goodness, spatial_goodness
+    from asge.nn.goodness import relu_spatial_goodness, spatial_goodness
     z = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
     shifts = [torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True),     # the folded norm's beta map
               torch.randn(4, 1, 1, dtype=torch.float64, requires_grad=True)]
@@ -239,7 +239,7 @@ def test_dropout16_mask_rate_layout_gradient_and_seed():
 
 @pytest.mark.parametrize("kernel,padding", [(3, 1), (5, 2), (3, 0), (1, 0)])
 def test_beta_map_equals_the_convolution_of_the_constant_map(kernel, padding):
-    from asge.block import beta_map
+    from asge.nn.block import beta_map
     conv = torch.nn.Conv2d(6, 4, kernel, padding=padding, dtype=torch.float64)
     beta = torch.randn(6, dtype=torch.float64, requires_grad=True)
     ref = conv._conv_forward(beta.view(1, -1, 1, 1).expand(1, -1, 7, 9), conv.weight, None)
@@ -255,8 +255,8 @@ def test_the_asge_command_sleeps_idle_openmp_threads_and_keeps_freed_buffers():
     """runtime.py: OMP_WAIT_POLICY=PASSIVE for the asge command only (set before torch loads, a user's own
     value kept); allocator.py: the CLI's malloc setting."""
     import subprocess
-    from asge.allocator import tune_malloc
-    from asge.runtime import apply_cli_defaults, launched_as_cli
+    from asge.runs.allocator import tune_malloc
+    from asge.runs.runtime import apply_cli_defaults, launched_as_cli
     probe = ("import os, sys; sys.orig_argv = {argv!r}; import asge; "
              "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import asge.run
+import asge.runs.directory
 from asge.cli import main
 from asge.config import TrainConfig
-from asge.run import load_checkpoint
+from asge.runs.directory import load_checkpoint
 
 SMALL = ["--channels", "8,16v,16", "--subset", "200", "--batch-size", "64", "--progress", "none"]
 
@@ -41,14 +41,14 @@ def test_failing_checkpoint_write_keeps_the_previous_one_and_says_so(tmp_path, c
             if len(writes) == 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return replace(src, dst)
-    monkeypatch.setattr(asge.run.os, "replace", disk_full_at_second_last_pt)
+    monkeypatch.setattr(asge.runs.directory.os, "replace", disk_full_at_second_last_pt)
     assert main(["train", "--epochs", "3", "--out", str(out), *SMALL]) == 2
     err = one_line(capsys.readouterr().err)
     assert f"could not write {out / 'checkpoints' / 'last.pt'} (No space left on device)" in err
     assert "the previous one is kept intact" in err
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
-    monkeypatch.setattr(asge.run.os, "replace", replace)
+    monkeypatch.setattr(asge.runs.directory.os, "replace", replace)
     assert main(["train", "--out", str(out), "--resume", "--progress", "none"]) == 0   # nothing lost
 
 
@@ -292,15 +292,15 @@ def test_commands_on_runs_in_every_state_never_traceback_never_overwrite(run_sta
     (an unfinished run: a note before it), no traceback; nothing that existed is changed, and a refusal
     writes nothing at all. bench's measurement, ONNX export and report drawing stop where they would start."""
     import shutil
-    import asge.bench
-    import asge.export
-    import asge.report
+    import asge.perf.bench
+    import asge.use.export
+    import asge.tools.report
 
     def accepted(*args, **kwargs):
         raise Accepted
-    monkeypatch.setattr(asge.bench, "bench_one", accepted)
-    monkeypatch.setattr(asge.export, "export_onnx", accepted)
-    monkeypatch.setattr(asge.report, "_write_report", accepted)
+    monkeypatch.setattr(asge.perf.bench, "bench_one", accepted)
+    monkeypatch.setattr(asge.use.export, "export_onnx", accepted)
+    monkeypatch.setattr(asge.tools.report, "_write_report", accepted)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "w"
         shutil.copytree(run_states, work)

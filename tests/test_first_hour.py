@@ -321,7 +321,7 @@ def test_loaded_models_run_without_autograd(runs):
     for strategy in ("best", "fusion", "last"):
         y = net.predict(x, strategy=strategy)
         assert y.grad_fn is None and not y.requires_grad
-    from asge.predict import predict_files
+    from asge.use.predict import predict_files
     rows = list(predict_files(net, [str(runs["digit.png"])], "fusion", 2, 4, []))
     assert len(rows) == 1 and len(rows[0]["predictions"]) == 2
 

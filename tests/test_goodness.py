@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from asge.goodness import GoodnessProjection, partition_factor, spatial_goodness
+from asge.nn.goodness import GoodnessProjection, partition_factor, spatial_goodness
 
 
 @pytest.mark.parametrize("channels,expected", [(64, 8), (128, 4), (256, 2), (512, 1)])

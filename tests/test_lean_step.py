@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asge.block import tap_rows
+from asge.nn.block import tap_rows
 from asge.config import TrainConfig
 from asge.errors import CheckpointError
-from asge.model import ASGENet
+from asge.nn.model import ASGENet
 from asge.train import Backprop, LocalLearning
 from asge.train import optim as optim_mod
 from asge.train.local import channels_last, dropout_seed, local_forward

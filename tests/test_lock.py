@@ -13,7 +13,7 @@ import pytest
 
 from asge.cli import main
 from asge.errors import RunLockedError
-from asge.lock import LOCK_NAME, RunLock
+from asge.runs.lock import LOCK_NAME, RunLock
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
 
@@ -52,7 +52,7 @@ def test_a_second_train_on_a_directory_in_use_exits_2_naming_the_holder(tmp_path
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_saying_so(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from asge.lock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from asge.runs.lock import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); time.sleep(600)", str(tmp_path)], env=ENV)
     holder_of(tmp_path)
     with pytest.raises(RunLockedError, match=f"process {holder.pid}"):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asge.model import ASGENet
+from asge.nn.model import ASGENet
 from asge.train.local import block_step, make_optimizer
 
 
@@ -150,7 +150,7 @@ def test_projection_unchanged_by_training():
 
 @pytest.mark.parametrize("first", [True, False])
 def test_folded_affine_norm_equals_norm_then_conv(first):
-    from asge.block import ASGEBlock
+    from asge.nn.block import ASGEBlock
     torch.manual_seed(0)
     block = ASGEBlock(6, 8, in_size=7, num_classes=5, partition=2, first=first).double()
     with torch.no_grad():

@@ -9,8 +9,8 @@ from helpers import same_tensors
 
 from asge.config import TrainConfig
 from asge.errors import AsgeError
-from asge.model import ASGENet
-from asge.run import load_checkpoint
+from asge.nn.model import ASGENet
+from asge.runs.directory import load_checkpoint
 from asge.train import fit
 from asge.train.pipeline import fit_pipeline, stage_bounds
 

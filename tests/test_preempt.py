@@ -12,7 +12,7 @@ from helpers import same_tensors
 
 from asge.config import TrainConfig
 from asge.errors import Preempted
-from asge.run import RunDir, load_checkpoint
+from asge.runs.directory import RunDir, load_checkpoint
 from asge.train import METHODS, fit
 
 TINY = dict(dataset="digits", channels=[8, 16, 16], downsample=[False, True, False], epochs=3, subset=400,

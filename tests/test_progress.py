@@ -13,11 +13,11 @@ from helpers import same_tensors
 
 from asge.config import TrainConfig
 from asge.errors import Preempted
-from asge.run import RunDir, load_checkpoint
+from asge.runs.directory import RunDir, load_checkpoint
 from asge.train import fit
 from asge.train import loop
-from asge.train.evaluation import split_subset
-from asge.train.progress import Progress
+from asge.runs.evaluation import split_subset
+from asge.runs.progress import Progress
 
 TINY = dict(dataset="digits", channels=[8, 8], downsample=[False, True], batch_size=128, seed=1)  # 9 steps
 

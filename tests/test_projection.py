@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from asge import ASGENet
 from asge.config import TrainConfig
-from asge.goodness import GoodnessProjection
+from asge.nn.goodness import GoodnessProjection
 from asge.train.local import LocalLearning, block_step
 
 

@@ -13,8 +13,8 @@ import yaml
 
 import asge
 from asge.config import TrainConfig
-from asge.provenance import git_info
-from asge.run import load_checkpoint
+from asge.runs.provenance import git_info
+from asge.runs.directory import load_checkpoint
 from asge.train import fit
 from asge.train.loop import build_model
 from asge.train.resume import load_init_weights

@@ -8,7 +8,7 @@ import yaml
 from asge import ASGENet
 from asge.cli import main
 from asge.config import TrainConfig
-from asge.heads import Heads, head_feature_dim, head_features
+from asge.nn.heads import Heads, head_feature_dim, head_features
 from asge.recipes import RECIPES
 from asge.train.local import LocalLearning
 
@@ -78,7 +78,8 @@ def test_recipe_defaults_yield_to_yaml_and_flags(tmp_path):
     assert TrainConfig.from_dict({}).to_dict() == TrainConfig().to_dict()       # paper: the defaults
     yml = tmp_path / "c.yaml"
     yml.write_text(yaml.safe_dump({"recipe": "plus", "head_features": "patch", "epochs": 1}))
-    from asge.cli import build_parser, config_from_args
+    from asge.cli import build_parser
+    from asge.options import config_from_args
     args = build_parser().parse_args(["train", "--config", str(yml), "--fusion-from", "2"])
     cfg = config_from_args(args)
     assert (cfg.recipe, cfg.context, cfg.head_features, cfg.fusion_from) == ("plus", "ge", "patch", 2)

@@ -15,8 +15,9 @@ import pytest
 from asge.cli import main
 from asge.config import TrainConfig
 from asge.errors import RunDirError
-from asge.report import load_run, make_report
-from asge.run import RunDir
+from asge.tools.report import make_report
+from asge.tools.results import read_results
+from asge.runs.directory import RunDir
 from asge.train import fit
 from test_stats import score_test_interval
 
@@ -286,7 +287,7 @@ def test_damaged_summary_is_a_run_dir_error(runs, tmp_path):
     shutil.copytree(runs["asge"], run)
     (run / "summary.json").write_text("{not json")
     with pytest.raises(RunDirError, match="damaged"):
-        load_run(run)
+        read_results(run)
 
 
 # -- what a lab meeting needs (issue 16 item 18) --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The 95% Wilson score interval of a test accuracy (asge.stats), and where ``asge train`` shows it."""
+"""The 95% Wilson score interval of a test accuracy (asge.runs.stats), and where ``asge train`` shows it."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from asge.cli import main
-from asge.stats import Z95, accuracy_interval, interval_text, count_test_images, wilson_interval
+from asge.runs.stats import Z95, accuracy_interval, interval_text, count_test_images, wilson_interval
 
 
 def score_test_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asge.config import TrainConfig
-from asge.tensorboard import TensorBoardLogger, epoch_scalars
+from asge.train.tensorboard import TensorBoardLogger, epoch_scalars
 from asge.train import fit
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator

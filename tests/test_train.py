@@ -8,8 +8,8 @@ import yaml
 
 from asge.config import TrainConfig
 from asge.errors import AsgeError, CheckpointError, NonFiniteLossError
-from asge.evaluate import evaluate_run
-from asge.run import RunDir, load_checkpoint
+from asge.use.evaluate import evaluate_run
+from asge.runs.directory import RunDir, load_checkpoint
 from asge.train import fit
 
 

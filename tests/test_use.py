@@ -11,7 +11,7 @@ from asge.cli import main
 from asge.config import TrainConfig
 from asge.data import load_data
 from asge.errors import CheckpointError
-from asge.evaluate import evaluate_run
+from asge.use.evaluate import evaluate_run
 from asge.train import fit
 
 STRATEGIES = ("best", "fusion", "last")
@@ -145,7 +145,7 @@ def test_exported_graph_gives_pytorch_scores(capsys, run_dir, test_images, tmp_p
 
 
 def test_best_graph_holds_only_blocks_up_to_l_star(run_dir, tmp_path):
-    from asge.export import InferenceGraph
+    from asge.use.export import InferenceGraph
     net = asge.load(run_dir)
     net.best_block = 2
     graph = InferenceGraph(net, "best")
@@ -207,7 +207,7 @@ def test_class_names_travel_with_the_run(capsys, run_dir, tmp_path):
 def test_center_crop_preprocessing_is_the_folder_datasets_evaluation(tmp_path):
     """ImageFolder/ImageNet runs: asge predict's preprocessing gives bitwise the test split's batches."""
     from asge.data import FolderSplit
-    from asge.preprocess import Preprocessing
+    from asge.data.preprocess import Preprocessing
     rng = np.random.default_rng(0)
     paths = []
     for i, (h, w) in enumerate([(40, 30), (17, 50), (24, 24)]):

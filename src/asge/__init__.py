@@ -4,17 +4,17 @@ Public names: :func:`partition_factor`, :func:`spatial_goodness`, :class:`Goodne
 :class:`ASGEBlock`, :class:`ASGENet`, :class:`TrainConfig`, :mod:`asge.layers` (SoftPool, SGE, GSoP,
 Gather-Excite, RMS pooling), :func:`asge.train.fit` and :func:`asge.load` (a trained network, ready to predict).
 """
-from .runtime import apply_cli_defaults as _apply_cli_defaults
+from .runs.runtime import apply_cli_defaults as _apply_cli_defaults
 
 _apply_cli_defaults()                 # the asge command's OpenMP setting: before torch loads (runtime.py)
 
 from . import layers  # noqa: E402
-from .block import ASGEBlock  # noqa: E402
+from .nn.block import ASGEBlock  # noqa: E402
 from .config import TrainConfig  # noqa: E402
-from .goodness import GoodnessProjection, partition_factor, spatial_goodness  # noqa: E402
-from .inference import load  # noqa: E402
-from .model import ASGENet  # noqa: E402
+from .nn.goodness import GoodnessProjection, partition_factor, spatial_goodness  # noqa: E402
+from .use.inference import load  # noqa: E402
+from .nn.model import ASGENet  # noqa: E402
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 __all__ = ["layers", "ASGEBlock", "ASGENet", "GoodnessProjection", "TrainConfig", "partition_factor",
            "spatial_goodness", "load", "__version__"]

@@ -216,7 +216,7 @@ class TrainConfig:
         check_types_and_ranges(self)
         from .data import DATASETS
         from .layers import CONTEXTS, NORMS, POOLS
-        from .presets import PRESETS
+        from .nn.presets import PRESETS
         if self.dataset.lower().replace("_", "-") not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.method not in METHODS:
@@ -229,7 +229,7 @@ class TrainConfig:
         from .data.augment import AUGMENTATIONS
         if self.augment != "auto" and self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
-        from .goodness import PROJECTIONS
+        from .nn.goodness import PROJECTIONS
         if self.projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {self.projection!r}; valid: {', '.join(PROJECTIONS)}")
         if self.amp not in ("none", "bf16", "fp16"):
@@ -239,7 +239,7 @@ class TrainConfig:
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise ValueError(f"cuda_graphs: expected auto, on or off, got {self.cuda_graphs!r}")
         parse_log_interval(self.log_interval)
-        from .heads import HEAD_FEATURES
+        from .nn.heads import HEAD_FEATURES
         from .recipes import recipe_defaults
         recipe_defaults(self.recipe)                 # an unknown recipe: one line listing the valid ones
         if self.head_features not in HEAD_FEATURES:
@@ -253,9 +253,9 @@ class TrainConfig:
         return int(self.input_size or native_size(self.dataset))
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the defaults filled in: the model (:func:`~asge.presets.default_preset` for the image
+        """A copy with the defaults filled in: the model (:func:`~asge.nn.presets.default_preset` for the image
         size), epochs, lr, and head_lr (the preset's, else lr)."""
-        from .presets import default_preset, get_preset
+        from .nn.presets import default_preset, get_preset
         model = self.model or default_preset(self.image_size())
         p = get_preset(model)
         lr = self.lr or p["lr"]

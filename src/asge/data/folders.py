@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from ..preempt import ignore_stop_signals
 from .splits import (SPLIT_SEED, Data, DatasetError, DatasetInfo, Split, TensorSplit, check_size, fixed_split,
                      rms_normalize, subset_indices)
 
@@ -149,8 +149,10 @@ def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor] | str:
 
 def _worker_init(worker_id: int) -> None:
     """The main process decides when the workers stop: a Ctrl-C or SIGTERM to the process group must not end
-    them under a run that is finishing its step and writing its checkpoint (asge.preempt)."""
-    ignore_stop_signals()
+    them under a run that is finishing its step and writing its checkpoint (the run's stop signals,
+    :mod:`asge.runs.preempt`, which sits above the data and is not imported here)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _loader_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -31,7 +31,7 @@ class DatasetInfo:
     ``image_size`` is the side S of the square (C, S, S) images the splits yield. ``classes`` holds the
     class names, index -> name (:mod:`asge.data.classes`; ImageFolder/ImageNet: the folder names).
     ``root`` is the directory the files were actually read from (None: no files, digits).
-    ``resize`` is how the test split brought an image file to S x S (:data:`asge.preprocess.RESIZES`):
+    ``resize`` is how the test split brought an image file to S x S (:data:`asge.data.preprocess.RESIZES`):
     ``stretch`` (the whole image resized, the in-memory datasets) or ``center-crop`` (trees decoded per batch);
     ``asge predict`` and exported models repeat it.
     """

@@ -223,7 +223,7 @@ class DistributedMethod:
 
 def init_world(cfg) -> World:
     """Join the group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
-    from .loop import resolve_device
+    from ..runs.build import resolve_device
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     device = resolve_device(cfg.device)
@@ -255,7 +255,7 @@ def lost_peer(error: Exception, world: World) -> Optional[PeerFailedError]:
 def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = print,
                     on_epoch_end=None) -> dict:
     """``fit`` as one rank of a torchrun group. Rank 0 returns the summary, the others ``{"rank": r}``."""
-    from . import METHODS
+    from .methods import METHODS
     from .loop import fit
     world = init_world(cfg)
     sync = GradSync()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..block import ASGEBlock
+from ..nn.block import ASGEBlock
 from ..errors import NonFiniteLossError
 from .optim import BlockOptimizer, make_optimizer
 

@@ -18,58 +18,18 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data import load_data
 from ..errors import AsgeError, CheckpointError, Preempted
-from ..lock import RunLock
-from ..model import ASGENet
-from ..preempt import StopSignals
-from ..run import RunDir, load_checkpoint, load_model_state, save_checkpoint
-from .evaluation import (CONFUSION_MAX_CLASSES, EvaluationStopped, evaluate, headline_strategy, output_rows,
+from ..runs.build import build_model, load_run_data, resolve_device
+from ..runs.directory import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from ..runs.lock import RunLock
+from ..runs.preempt import StopSignals
+from ..runs.evaluation import (CONFUSION_MAX_CLASSES, EvaluationStopped, evaluate, headline_strategy, output_rows,
                          split_subset, strategy_scores)
 from .graphs import maybe_graphed
 from .local import autocast_for
-from .progress import progress_for
+from ..runs.progress import progress_for
 from .resume import (check_resume, extends, finished_message, last_state, load_init_weights, mid_epoch_point,
                      rank_rng_state, rebuild_schedules)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else is validated by torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise AsgeError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AsgeError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise AsgeError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise AsgeError(f"device {name!r} requested but MPS is not available here; use --device cpu or auto")
-    return device
-
-
-def load_run_data(cfg: TrainConfig, device: torch.device, *, subset="config", download: Optional[bool] = None):
-    """The dataset ``cfg`` names, as its run reads it (``subset``: the config's unless given)."""
-    return load_data(cfg.dataset, cfg.data_root, download=cfg.download if download is None else download,
-                     subset=cfg.subset if subset == "config" else subset, seed=cfg.seed, device=device,
-                     input_size=cfg.input_size, num_workers=cfg.num_workers, augment=cfg.augment,
-                     test_split=cfg.test_split, skip_unreadable=cfg.skip_unreadable)
-
-
-def build_model(cfg: TrainConfig, info) -> ASGENet:
-    """The network ``cfg`` describes, for data with ``info`` (channels, classes, image size)."""
-    common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
-                  alpha=cfg.alpha, norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout,
-                  context=cfg.context, context_options=cfg.context_options, context_blocks=cfg.context_blocks,
-                  head_features=cfg.head_features, fusion_from=cfg.fusion_from, projection=cfg.projection,
-                  seed=cfg.seed)
-    if cfg.channels is not None:
-        return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
-    return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
 
 
 def batch_norm_names(net: nn.Module) -> list[str]:
@@ -122,13 +82,13 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
 
     With ``cfg.out`` everything is written to that run directory, which this process locks for the whole
-    run (:mod:`asge.lock`: a second process on it stops at once, naming this one). ``resume=True``
+    run (:mod:`asge.runs.lock`: a second process on it stops at once, naming this one). ``resume=True``
     continues its last checkpoint, written at an epoch's end or in the middle of one; a finished run's summary
     is returned as it is, nothing recomputed or rewritten (:func:`check_resume`).
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
 
     SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point, and raises
-    :class:`~asge.errors.Preempted` (:mod:`asge.preempt`); ``cfg.checkpoint_every`` writes such mid-epoch
+    :class:`~asge.errors.Preempted` (:mod:`asge.runs.preempt`); ``cfg.checkpoint_every`` writes such mid-epoch
     checkpoints every N steps as well.
 
     Hooks for the pipelined and data-parallel modes (``pipeline.py``, ``distributed.py``):
@@ -209,7 +169,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
            on_epoch_end, log, method_kwargs, method_factory, world) -> dict:
     """``fit`` once the run directory is locked and the stop signals are caught; ``held`` closes what is
     opened here (the TensorBoard file) however the run ends."""
-    from . import METHODS
+    from .methods import METHODS
     device = resolve_device(cfg.device) if world is None else world.device
     main = world is None or world.is_main
     ckpt = None
@@ -290,7 +250,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
 
     board = None
     if cfg.tensorboard and run is not None:
-        from ..tensorboard import TensorBoardLogger
+        from .tensorboard import TensorBoardLogger
         board = held.enter_context(TensorBoardLogger(run.path))
 
     def preempted(signum: int, where: str) -> Preempted:
@@ -439,7 +399,7 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     if "confusion" in test:               # rows = true class, columns = predicted, on the test split
         rows = output_rows(len(net.blocks), summary.get("best_block") or 0)
         summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
-    from ..provenance import device_name, provenance
+    from ..runs.provenance import device_name, provenance
     summary["device_name"] = device_name(device)
     summary["provenance"] = provenance(cfg, data, device)
     if cfg.init_from:

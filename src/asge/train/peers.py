@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from ..lock import process_exists
+from ..runs.lock import process_exists
 
 #: How long a broken rank looks for the reason in the store before it gives up naming one.
 LOOK_SECONDS = 5.0

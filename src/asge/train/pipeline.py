@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..errors import AsgeError
-from ..preempt import ignore_stop_signals
+from ..runs.preempt import ignore_stop_signals
 from .distributed import TIMEOUT, backend_for, free_port
 from .local import LocalLearning
 
@@ -165,8 +165,8 @@ class _Stage(LocalLearning):
 
 def _worker(rank: int, bounds, port: int, cfg, info, total_steps: int, threads: int, device: str) -> None:
     """Stages 1..K-1: serve messages from the previous stage until STOP."""
-    from ..allocator import tune_malloc
-    from .loop import build_model
+    from ..runs.allocator import tune_malloc
+    from ..runs.build import build_model
     ignore_stop_signals()                     # stage 0 stops the pipeline, at a step it chooses
     tune_malloc()                             # as the asge command does in stage 0 (allocator.py)
     torch.set_num_threads(threads)
@@ -366,7 +366,7 @@ class PipelineLearning(_Stage):
         finally:
             for p in self.procs:
                 if p.is_alive():
-                    p.kill()                  # the stages ignore SIGTERM (asge.preempt)
+                    p.kill()                  # the stages ignore SIGTERM (asge.runs.preempt)
                     p.join(timeout=10)
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -8,8 +8,8 @@ from typing import Optional
 
 from ..config import TrainConfig
 from ..errors import AsgeError, CheckpointError
-from ..model import ASGENet
-from ..run import RunDir, load_checkpoint, load_model_state
+from ..nn.model import ASGENet
+from ..runs.directory import RunDir, load_checkpoint, load_model_state
 
 
 def extends(cfg: TrainConfig, saved: TrainConfig) -> bool:
@@ -72,7 +72,7 @@ def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Op
     if not run.path.is_dir():
         raise AsgeError(f"{run.path} does not exist: there is no run to resume (without --resume a new run "
                         "starts there)")
-    from ..lock import check_not_locked
+    from ..runs.lock import check_not_locked
     if int(os.environ.get("RANK", "0")) == 0:   # torchrun: rank 0 may hold the lock already when rank 1 looks
         check_not_locked(run.path)        # a run in progress there: say who holds it
     if run.summary_file.is_file() and run.checkpoint_exists():

@@ -34,7 +34,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import AsgeError
+from ..errors import AsgeError
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -134,7 +134,7 @@ class TensorBoardLogger:
 
     def _next_epoch(self) -> Optional[int]:
         """The epoch a resumed run writes next (None for a fresh run)."""
-        from .run import RunDir
+        from ..runs.directory import RunDir
         try:
             records = RunDir(self.run_dir).read_metrics()
         except (OSError, ValueError):

@@ -22,10 +22,10 @@ from typing import Iterable, Union
 import numpy as np
 import torch
 
-from .data import rms_normalize
-from .data.folders import IMAGE_EXTENSIONS, resize_center_crop
-from .data.in_memory import resize_uint8
-from .errors import AsgeError
+from . import rms_normalize
+from .folders import IMAGE_EXTENSIONS, resize_center_crop
+from .in_memory import resize_uint8
+from ..errors import AsgeError
 
 RESIZES = ("stretch", "center-crop")
 

@@ -7,18 +7,18 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import RunDirError
-from .heads import STRATEGIES
+from ..errors import RunDirError
+from ..nn.heads import STRATEGIES
 from .inference import check_run_strategy, open_best_checkpoint
-from .run import RunDir, load_model_state
-from .train.evaluation import evaluate, output_rows
-from .train.loop import build_model, load_run_data, resolve_device
+from ..runs.directory import RunDir, load_model_state
+from ..runs.evaluation import evaluate, output_rows
+from ..runs.build import build_model, load_run_data, resolve_device
 
 
 def confusion_matrices(net, split, strategies, batch_size: int, device, progress=None) -> dict:
     """{strategy: int64 (N, N) confusion matrix, rows = true class, columns = predicted} of ``net`` on
     ``split``, every strategy from one pass over the split (the training loop's test evaluation; Best reads
-    block l*'s a_l). ``progress`` (:class:`~asge.train.progress.Progress`) shows the batches done."""
+    block l*'s a_l). ``progress`` (:class:`~asge.runs.progress.Progress`) shows the batches done."""
     l_star = int(net.best_block)
     if "best" in strategies and l_star < 1:
         raise RuntimeError("the best block has not been chosen yet")
@@ -38,7 +38,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     also ``classes`` (names), ``per_class`` ({strategy: accuracy of each class}) and ``confusion``
     ({strategy: N x N counts, rows = true class}). ``progress``: auto, bar, lines or none (on stderr).
     A run that has not finished is tested from its best-validation checkpoint with l* chosen on validation
-    (:func:`asge.inference.open_best_checkpoint`); ``log`` hears that, before any work."""
+    (:func:`asge.use.inference.open_best_checkpoint`); ``log`` hears that, before any work."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if data_root:
@@ -57,7 +57,7 @@ def evaluate_run(run_dir: str, strategy: str = "all", device: str = "auto", data
     data = load_run_data(cfg, dev, subset=None, download=False)
     net = build_model(cfg, data.info).to(dev)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
-    from .train.progress import Progress
+    from ..runs.progress import Progress
     import sys
     bar = Progress(progress, data.test.num_batches(batch_size), "test", file=sys.stderr)
     try:

@@ -17,7 +17,7 @@ The output directory (default: ``RUN_DIR/report`` for one run, ``./report`` for 
 
 The comparison at the top of report.md and report.html is one line per pair of runs: every run that is
 not backprop against every backprop run, or, with ``--reference LABEL``, every other run against that one
-(:func:`asge.report_html.comparison_lines`); it does not depend on the order the runs are given in.
+(:func:`asge.tools.report_html.comparison_lines`); it does not depend on the order the runs are given in.
 
 ``make_report(run_dirs, out_dir, labels, reference)`` does the same from Python. A plot that has nothing to show
 (no ASGE run for the per-block plots) is not written. Plots are drawn with matplotlib's Agg canvas on
@@ -26,133 +26,24 @@ figures of their own, so the caller's pyplot backend and state are left alone.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import AsgeError, RunDirError
-from .report_html import (PLOT_TITLES, Table, build_tables, render_html, render_markdown,  # noqa: F401
-                          table_html, table_markdown)
-from .report_plots import (STRATEGY_COLORS, STRATEGY_ORDER, plot_confusion, plot_losses,  # noqa: F401
-                           plot_speed, plot_strategies, plot_test_by_block, plot_val_blocks, plot_val_headline)
-from .run import RunDir
+from ..errors import AsgeError
+from .report_html import PLOT_TITLES, build_tables, render_html, render_markdown
+from .report_plots import (plot_confusion, plot_losses, plot_speed, plot_strategies, plot_test_by_block,
+                           plot_val_blocks, plot_val_headline)
+from .results import RunResults, read_results
 
 
-
-# -- loading runs ---------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """A finished run as the report sees it: its label, config, summary and per-epoch records."""
-    path: Path
-    label: str
-    config: dict
-    summary: dict
-    metrics: list[dict] = field(default_factory=list)
-
-    @property
-    def method(self) -> str:
-        return str(self.summary.get("method", self.config.get("method", "asge")))
-
-    @property
-    def is_local(self) -> bool:
-        """True when the run has per-block accuracies (ASGE); False for the backprop baseline."""
-        return bool(self.summary.get("block_test_accuracy"))
-
-    @property
-    def headline(self) -> str:
-        """The strategy the run selects its checkpoint by: fusion for ASGE, last for bp."""
-        return "fusion" if "fusion" in self.summary.get("test_accuracy", {}) else "last"
-
-    @property
-    def display(self) -> str:
-        """The label, with the method in parentheses unless the label already names it (``BP``, not
-        ``BP (bp)``)."""
-        return self.label if self.method.lower() in self.label.lower() else f"{self.label} ({self.method})"
-
-    @property
-    def classes(self) -> list[str]:
-        n = len(self.confusion or [])
-        names = list((self.summary.get("data") or {}).get("classes") or [])
-        return names if len(names) == n else [str(i) for i in range(n)]
-
-    @property
-    def confusion(self) -> Optional[list[list[int]]]:
-        """The headline strategy's test confusion matrix (rows = true class), as recorded in summary.json
-        (or computed by :func:`make_report` from the best checkpoint for runs that predate it)."""
-        return (self.summary.get("test_confusion") or {}).get(self.headline)
-
-    def loss_curves(self) -> tuple[list[int], list[float], list[int], list[float]]:
-        """(epochs, validation cross-entropy of the headline head, epochs, training loss): for bp the
-        network's cross-entropy, for ASGE the mean over blocks of their local losses (each a cross-entropy
-        of the block's a_l)."""
-        key = f"{self.headline}_loss"
-        val = [(r["epoch"], r["val"][key]) for r in self.metrics if isinstance((r.get("val") or {}).get(key), float)]
-        train = []
-        for r in self.metrics:
-            t = r.get("train") or {}
-            if t.get("block_loss"):
-                train.append((r["epoch"], sum(t["block_loss"]) / len(t["block_loss"])))
-            elif isinstance(t.get("loss"), float):
-                train.append((r["epoch"], t["loss"]))
-        return [e for e, _ in val], [v for _, v in val], [e for e, _ in train], [v for _, v in train]
-
-    @property
-    def strategies(self) -> list[str]:
-        names = list(self.summary.get("test_accuracy", {}))
-        return [s for s in STRATEGY_ORDER if s in names] + [s for s in names if s not in STRATEGY_ORDER]
-
-    def val_curve(self, strategy: str) -> tuple[list[int], list[float]]:
-        """(epochs, validation accuracy of ``strategy``) from metrics.jsonl."""
-        pts = [(r["epoch"], r["val_strategy"][strategy]) for r in self.metrics
-               if strategy in r.get("val_strategy", {})]
-        return [e for e, _ in pts], [a for _, a in pts]
-
-    def block_val_curves(self) -> tuple[list[int], list[list[float]]]:
-        """(epochs, one list of validation accuracies per block) from metrics.jsonl (ASGE only)."""
-        records = [r for r in self.metrics if "block_loss" in r.get("train", {}) and r.get("val", {}).get("block_acc")]
-        if not records:
-            return [], []
-        L = min(len(r["val"]["block_acc"]) for r in records)
-        return [r["epoch"] for r in records], [[r["val"]["block_acc"][i] for r in records] for i in range(L)]
-
-
-def load_run(path: str | Path, label: Optional[str] = None) -> Run:
-    """Read a finished run directory; RunDirError (one line) when it is missing, not a run, or unfinished."""
-    import yaml
-    path = Path(path)
-    if not path.exists():
-        raise RunDirError(f"{path} does not exist")
-    if not path.is_dir():
-        raise RunDirError(f"{path} is not a directory (expected an asge run directory)")
-    run = RunDir(path)
-    try:
-        summary = run.read_summary()
-        config = yaml.safe_load(run.config_file.read_text()) or {}
-        metrics = run.read_metrics()
-    except RunDirError:
-        raise
-    except (ValueError, yaml.YAMLError) as e:     # json.JSONDecodeError is a ValueError
-        raise RunDirError(f"{path} holds a damaged run file ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
-    except OSError as e:
-        raise RunDirError(f"cannot read the run {path}: {e.strerror or e}") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("test_accuracy"), dict):
-        raise RunDirError(f"{path}/summary.json is not an asge run summary (no test_accuracy)")
-    if not isinstance(config, dict):
-        raise RunDirError(f"{path}/config.yaml is not an asge run configuration")
-    metrics = sorted((r for r in metrics if isinstance(r, dict) and isinstance(r.get("epoch"), int)),
-                     key=lambda r: r["epoch"])
-    return Run(path=path, label=label or path.resolve().name, config=config, summary=summary, metrics=metrics)
-
-
-def add_confusion(run: Run) -> None:
+def add_confusion(run: RunResults) -> None:
     """A run whose summary.json predates the recorded test confusion matrix: compute it from its best
     checkpoint on the test split (``asge eval --per-class``'s code), for up to 100 classes. A run whose data
     or checkpoint cannot be read is left without one (the report says so)."""
     classes = (run.summary.get("data") or {}).get("classes") or []
     if "test_confusion" in run.summary or not 0 < len(classes) <= 100:
         return
-    from .evaluate import evaluate_run
+    from ..use.evaluate import evaluate_run
     try:
         results = evaluate_run(str(run.path), strategy=run.headline, device="cpu", per_class=True)
     except Exception:                     # no data here, or no checkpoint: the report goes without it
@@ -234,7 +125,7 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
     check_distinct_runs(run_dirs)
     names = run_labels(run_dirs, labels)
     check_reference(reference, names)
-    runs = [load_run(p, label) for p, label in zip(run_dirs, names)]
+    runs = [read_results(p, label) for p, label in zip(run_dirs, names)]
     for r in runs:
         add_confusion(r)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
@@ -247,7 +138,7 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
         raise AsgeError(f"cannot write the report to {out}: {e.strerror or e}") from None
 
 
-def _write_report(runs: list[Run], out: Path, reference: Optional[str] = None) -> dict[str, Path]:
+def _write_report(runs: list[RunResults], out: Path, reference: Optional[str] = None) -> dict[str, Path]:
     """Draw the plots and write report.md and report.html into the existing directory ``out``."""
     plots: dict[str, Path] = {}
     several = len(runs) > 1

@@ -101,7 +101,7 @@ def data_source(cfg, data=None) -> dict:
         return {"dir": str(path.parent), "note": "scikit-learn's bundled digits",
                 "files": _file_entries([path]) if path.is_file() else []}
     if name in ("mnist", "fashion-mnist"):
-        from .data import in_memory
+        from ..data import in_memory
         if recorded:
             candidates = [Path(recorded)]
         else:
@@ -116,7 +116,7 @@ def data_source(cfg, data=None) -> dict:
                 return {"dir": str(d.resolve()), "files": _file_entries(found)}
         return {"dir": str(recorded) if recorded else None}
     if name in ("cifar10", "cifar100"):
-        from .data import in_memory
+        from ..data import in_memory
         folder, files = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
                          if name == "cifar10" else ("cifar-100-python", ["train", "test"]))
         base = Path(cfg.data_root) if cfg.data_root is not None else Path(in_memory.DEFAULT_ROOT)
@@ -135,7 +135,7 @@ def data_source(cfg, data=None) -> dict:
 
 def provenance(cfg, data=None, device: torch.device | str = "cpu") -> dict:
     """What summary.json records of where a run came from (see the module docstring)."""
-    from . import __version__
+    from ..version import __version__
     out = {"asge_version": __version__}
     git = git_info()
     if git is not None:

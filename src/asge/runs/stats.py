@@ -8,7 +8,7 @@ with z the 97.5% normal quantile; solving that quadratic in p gives the closed f
 [0, 1] and does not shrink to a point at 0% or 100%.
 
 The ``asge train`` summary table (:func:`asge.cli.summary_rows`) and the report tables
-(:mod:`asge.report_html`) show it; a summary that does not say how many images were tested shows none.
+(:mod:`asge.tools.report_html`) show it; a summary that does not say how many images were tested shows none.
 """
 from __future__ import annotations
 

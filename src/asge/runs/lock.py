@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import AsgeError, RunLockedError
+from ..errors import AsgeError, RunLockedError
 
 LOCK_NAME = ".lock"
 
@@ -89,7 +89,7 @@ class RunLock:
         self.created_directory = False
 
     def acquire(self) -> "RunLock":
-        from .run import make_directory
+        from .directory import make_directory
         created = not self.directory.exists()
         make_directory(self.directory, "run directory", AsgeError)
         while True:

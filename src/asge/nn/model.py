@@ -25,12 +25,12 @@ class ASGENet(nn.Module):
         head_features: what the Fusion head reads of each block (``gap``: GAP(Y_l), the paper; ``goodness``,
             ``patch``: GAP(Y_l) and the block's patch statistics); fusion_from: first fused block (1-based,
             the paper skips block 1: 2); projection: each block's goodness projection, ``fixed`` (the paper)
-            or ``learned`` (:class:`~asge.goodness.GoodnessProjection`).
+            or ``learned`` (:class:`~asge.nn.goodness.GoodnessProjection`).
         seed: draws the conv init and the fixed projections (the run's seed).
 
     ``best_block`` is a buffer (1-based l*, 0 until chosen) so that it travels with the state dict; it can be
     set as a plain number (``net.best_block = 3``). ``classes`` (index -> name) and ``preprocessing`` (how an
-    image file becomes an input row, :class:`asge.preprocess.Preprocessing`) are set by :func:`asge.load`.
+    image file becomes an input row, :class:`asge.data.preprocess.Preprocessing`) are set by :func:`asge.load`.
     """
 
     classes: tuple = ()
@@ -94,7 +94,7 @@ class ASGENet(nn.Module):
     def preprocess(self, images, device=None) -> torch.Tensor:
         """Paths, PIL images or uint8 arrays -> float32 (B, C, S, S) for :meth:`predict`, on ``device`` (default:
         the network's), by ``self.preprocessing`` (default: stretch to S x S, the in-memory datasets' way)."""
-        from .preprocess import Preprocessing
+        from ..data.preprocess import Preprocessing
         pre = self.preprocessing or Preprocessing(self.image_size, self.blocks[0].in_channels)
         return pre(images, device=device if device is not None else self.best_block.device)
 

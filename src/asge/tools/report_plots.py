@@ -1,16 +1,14 @@
-"""The plots of ``asge report`` (:mod:`asge.report`): matplotlib's Agg canvas on figures of their own, so the
+"""The plots of ``asge report`` (:mod:`asge.tools.report`): matplotlib's Agg canvas on figures of their own, so the
 caller's pyplot backend and state are left alone. Each ``plot_*(runs, path)`` writes one PNG and returns its
 path, or None when it has nothing to show."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
-if TYPE_CHECKING:
-    from .report import Run
+from .results import RunResults
 
-STRATEGY_ORDER = ("fusion", "last", "best")
 STRATEGY_COLORS = {"fusion": "#1f77b4", "last": "#ff7f0e", "best": "#2ca02c"}
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
               "#7f7f7f", "#bcbd22")
@@ -61,7 +59,7 @@ def _marker(n_points: int) -> Optional[str]:
     return "o" if n_points <= 30 else None
 
 
-def plot_val_blocks(runs: list[Run], path: Path) -> Optional[Path]:
+def plot_val_blocks(runs: list[RunResults], path: Path) -> Optional[Path]:
     """Per-block validation accuracy over epochs, one panel per ASGE run, blocks coloured by depth."""
     from matplotlib import colormaps
     local = [r for r in runs if r.is_local and r.block_val_curves()[0]]
@@ -98,7 +96,7 @@ def plot_val_blocks(runs: list[Run], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def plot_test_by_block(runs: list[Run], path: Path) -> Optional[Path]:
+def plot_test_by_block(runs: list[RunResults], path: Path) -> Optional[Path]:
     """Final per-block test accuracy against depth; bp runs' last-strategy accuracy as horizontal lines."""
     local = [r for r in runs if r.is_local]
     if not local:
@@ -142,7 +140,7 @@ def plot_test_by_block(runs: list[Run], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def plot_strategies(runs: list[Run], path: Path) -> Path:
+def plot_strategies(runs: list[RunResults], path: Path) -> Path:
     """Grouped bars: each run's test accuracy per strategy, with the values written on the bars."""
     fig = _figure(max(5.5, 1.9 * len(runs) + 2.5), 4.6)
     ax = fig.subplots()
@@ -174,7 +172,7 @@ def plot_strategies(runs: list[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_val_headline(runs: list[Run], path: Path) -> Optional[Path]:
+def plot_val_headline(runs: list[RunResults], path: Path) -> Optional[Path]:
     """Each run's headline validation curve (fusion for ASGE, last for bp) over epochs, on one plot."""
     fig = _figure(7.2, 4.6)
     ax = fig.subplots()
@@ -199,7 +197,7 @@ def plot_val_headline(runs: list[Run], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def plot_speed(runs: list[Run], path: Path) -> Path:
+def plot_speed(runs: list[RunResults], path: Path) -> Path:
     """Two panels of horizontal bars: total training time and training throughput per run."""
     fig = _figure(9.0, 0.55 * len(runs) + 1.9)
     ax_time, ax_speed = fig.subplots(1, 2, sharey=True)
@@ -223,7 +221,7 @@ def plot_speed(runs: list[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_losses(runs: list[Run], path: Path) -> Optional[Path]:
+def plot_losses(runs: list[RunResults], path: Path) -> Optional[Path]:
     """Two panels over epochs: each run's validation cross-entropy of its headline head, and its training loss
     (bp: the network's cross-entropy; ASGE: the mean of the blocks' local losses)."""
     curves = [(k, run, run.loss_curves()) for k, run in enumerate(runs)]
@@ -253,7 +251,7 @@ def plot_losses(runs: list[Run], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def plot_confusion(runs: list[Run], path: Path) -> Optional[Path]:
+def plot_confusion(runs: list[RunResults], path: Path) -> Optional[Path]:
     """Each run's test confusion matrix of its headline strategy, in percent of each true class, a panel per
     run (cells written out for up to 12 classes)."""
     shown = [r for r in runs if r.confusion]

@@ -1,7 +1,7 @@
 """``asge predict RUN PATH...``: classify image files with a trained run (or an exported .safetensors file).
 
 Each PATH is an image file (PNG, JPEG, ... any size, grey or colour) or a folder, searched recursively for
-images. Images go through the run's evaluation preprocessing (:mod:`asge.preprocess`) in batches, and each
+images. Images go through the run's evaluation preprocessing (:mod:`asge.data.preprocess`) in batches, and each
 gets its top-k classes with their probabilities (softmax of the strategy's scores).
 
 Output (stdout), ``--format``:
@@ -24,8 +24,8 @@ from typing import Iterator
 import torch
 
 from .inference import check_run_strategy, check_strategy_available, load
-from .preprocess import ImageReadError, find_images
-from .train.loop import resolve_device
+from ..data.preprocess import ImageReadError, find_images
+from ..runs.build import resolve_device
 
 
 def positive_int(text: str) -> int:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AsgeError
-from ..model import ASGENet
+from ..nn.model import ASGENet
 from .progress import Progress
 
 

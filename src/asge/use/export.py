@@ -26,11 +26,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import __version__
-from .data import rms_normalize
-from .errors import AsgeError
+from ..version import __version__
+from ..data import rms_normalize
+from ..errors import AsgeError
 from .inference import SAFETENSORS_FORMAT, check_run_strategy, check_strategy_available, load
-from .model import ASGENet
+from ..nn.model import ASGENet
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 
@@ -104,7 +104,7 @@ def header(net: ASGENet, strategy: str) -> dict:
 
 def export_safetensors(net: ASGENet, path: Path, strategy: str) -> None:
     from safetensors.torch import save
-    from .run import atomic_write
+    from ..runs.directory import atomic_write
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     data = save(state, metadata={"format": SAFETENSORS_FORMAT, "asge": json.dumps(header(net, strategy))})
     atomic_write(path, lambda f: f.write(data), AsgeError)   # safetensors' save_file creates 0600 files
@@ -133,7 +133,7 @@ def max_difference(net: ASGENet, path: Path, fmt: str, strategy: str, example: t
 
 def check_output_file(path: Path) -> None:
     """Refuse, in one line and before any work, an output file that cannot be written where it is asked."""
-    from .run import file_in_the_way
+    from ..runs.directory import file_in_the_way
     path = Path(path)
     if path.is_dir():
         raise AsgeError(f"--out {path} is a directory: give the name of the file to write in it")

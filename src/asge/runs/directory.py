@@ -17,8 +17,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from .config import TrainConfig
-from .errors import CheckpointError, RunDirError
+from ..config import TrainConfig
+from ..errors import CheckpointError, RunDirError
 
 CHECKPOINT_FORMAT = "asge-checkpoint-1"
 

@@ -14,13 +14,13 @@ from typing import Optional, Union
 
 import torch
 
-from .config import TrainConfig
-from .data import DatasetInfo
-from .data.classes import class_names
-from .errors import CheckpointError, RunDirError
-from .model import ASGENet
-from .preprocess import Preprocessing
-from .run import RunDir, load_checkpoint, load_model_state
+from ..config import TrainConfig
+from ..data import DatasetInfo
+from ..data.classes import class_names
+from ..errors import CheckpointError, RunDirError
+from ..nn.model import ASGENet
+from ..data.preprocess import Preprocessing
+from ..runs.directory import RunDir, load_checkpoint, load_model_state
 
 SAFETENSORS_FORMAT = "asge-safetensors-1"
 
@@ -33,7 +33,7 @@ def default_strategy(method: str) -> str:
 def check_run_strategy(method: str, strategy: Optional[str]) -> str:
     """The strategy to use for a run of ``method`` (default :func:`default_strategy`); a backprop run has
     only ``last``."""
-    from .heads import check_strategy
+    from ..nn.heads import check_strategy
     strategy = check_strategy(strategy or default_strategy(method))
     if method == "bp" and strategy != "last":
         raise ValueError(f"a backprop run only has the 'last' strategy, not {strategy!r}")
@@ -125,7 +125,7 @@ def check_strategy_available(net: ASGENet, strategy: str) -> str:
 def load_run(path: Union[str, Path], device="cpu") -> ASGENet:
     """The best-validation network of a run directory (``checkpoints/best.pt``). For a run that has not
     finished, l* is chosen on validation (:func:`open_best_checkpoint`) and ``net.load_note`` says so."""
-    from .train.loop import build_model
+    from ..runs.build import build_model
     run = RunDir(path)
     cfg = run.read_config()
     ckpt, note = open_best_checkpoint(run, cfg)
@@ -157,7 +157,7 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict, dict]:
 
 def load_safetensors(path: Union[str, Path], device="cpu") -> ASGENet:
     """The network of a file written by ``asge export --format safetensors``."""
-    from .train.loop import build_model
+    from ..runs.build import build_model
     state, header = read_safetensors(path)
     cfg = TrainConfig.from_dict(header["config"])
     info = data_info(cfg, state, header["data"])

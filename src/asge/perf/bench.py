@@ -27,9 +27,10 @@ from typing import Optional
 import torch
 
 from .activation_memory import measure_saved_bytes
-from .config import TrainConfig
-from .errors import AsgeError
-from .flops import conv_flops, matmul_peak_gflops
+from .batches import bench_batches, synthetic_batches
+from ..config import TrainConfig
+from ..errors import AsgeError
+from ..nn.flops import conv_flops, matmul_peak_gflops
 
 RESULT_KEYS = ("model", "width", "channels", "batch_size", "device", "images_per_second", "speed_ratio",
                "saved_activation_bytes", "memory_ratio", "asge_block_saved_bytes", "cuda_peak_bytes",
@@ -41,55 +42,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_batches(n: int, batch_size: int, in_channels: int, size: int, num_classes: int, seed: int,
-                      device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n`` batches of random images (per-image RMS 1, as the datasets yield) and random labels."""
-    from .data import rms_normalize
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        x = torch.rand(batch_size, in_channels, size, size, generator=g)
-        y = torch.randint(0, num_classes, (batch_size,), generator=g)
-        out.append((rms_normalize(x).to(device), y.to(device)))
-    return out
-
-
-def real_batches(cfg: TrainConfig, n: int, device: torch.device):
-    from .train.loop import load_run_data
-    data = load_run_data(cfg, device, download=False)
-    out = []
-    while len(out) < n:
-        for xy in data.train.batches(cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed + len(out),
-                                     device=device, drop_last=True):
-            out.append(xy)
-            if len(out) == n:
-                break
-        if not out:
-            raise AsgeError(f"{cfg.dataset}: fewer training images than one batch of {cfg.batch_size}")
-    return out, data.info
-
-
-def bench_batches(cfg: TrainConfig, n: int, device: torch.device):
-    """``n`` training batches of ``cfg.batch_size`` (synthetic, or from ``cfg.dataset``) and the data's info."""
-    from .data import DatasetInfo
-    from .presets import get_preset
-    if cfg.dataset == "synthetic":
-        size = cfg.input_size or get_preset(cfg.model)["image_size"]
-        info = DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)
-        batches = synthetic_batches(n, cfg.batch_size, info.in_channels, size, info.num_classes, cfg.seed, device)
-    else:
-        batches, info = real_batches(cfg, n, device)
-    if cfg.channels_last:
-        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    return batches, info
-
-
 def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_steps: int, *,
                  graphed: bool = False, graph_warmup: int = 3):
     """Method ``name`` (asge, bp) on its own network built from ``cfg`` (seeded: both methods start from the
     same weights), in training mode, its epoch started; wrapped in ``GraphedStep`` when ``graphed``."""
-    from .train import Backprop, LocalLearning
-    from .train.loop import build_model
+    from ..train import Backprop, LocalLearning
+    from ..runs.build import build_model
     torch.manual_seed(cfg.seed)
     c = dataclasses.replace(cfg, method=name)
     net = build_model(c, info).to(device)
@@ -98,7 +56,7 @@ def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_
     net.train()
     m = {"asge": LocalLearning, "bp": Backprop}[name](net, c, max(1, total_steps), device)
     if graphed:                                # captured after GraphedStep's eager warm-up
-        from .train.graphs import GraphedStep
+        from ..train.graphs import GraphedStep
         m = GraphedStep(m, warmup=graph_warmup)
     if hasattr(m, "start_epoch"):
         m.start_epoch(cfg.seed)
@@ -310,7 +268,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import parse_option
+    from ..options import parse_option
     a = p.add_argument
     a("--model", default="vgg8", help="preset: vgg8 (default), vgg11, quick, digits")
     a("--width", type=float, nargs="+", default=[0.25, 0.5], help="width multiplier(s) (default 0.25 0.5)")
@@ -361,7 +319,7 @@ NOT_FOR_OVERHEAD = ("width", "batch_size", "steps", "chunk", "dataset", "data_ro
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train.loop import resolve_device
+    from ..runs.build import resolve_device
     if args.overhead:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
@@ -380,12 +338,12 @@ def run(args: argparse.Namespace) -> int:
             raise AsgeError(f"--{name.replace('_', '-')} must be positive")
     device = resolve_device(args.device)
     if args.cuda_graphs == "on":
-        from .train.graphs import graphs_blocker
+        from ..train.graphs import graphs_blocker
         why = graphs_blocker(args, device)
         if why is not None:
             raise AsgeError(f"--cuda-graphs on: {why}")
-    from .layers.context import check_context_options
-    from .recipes import recipe_defaults
+    from ..layers.context import check_context_options
+    from ..recipes import recipe_defaults
     check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
                           dict(args.context_option or []))
     configs = []                          # every configuration checked before anything is written
@@ -404,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.resolved()
         cfg.dataset = args.dataset
         configs.append((width, cfg))
-    from .run import make_directory
+    from ..runs.directory import make_directory
     out = make_directory(args.out, "bench directory (--out)", AsgeError)
     results = []
     for width, cfg in configs:

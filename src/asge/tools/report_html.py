@@ -1,4 +1,4 @@
-"""The tables of ``asge report`` (:mod:`asge.report`) and their rendering: report.md and a self-contained
+"""The tables of ``asge report`` (:mod:`asge.tools.report`) and their rendering: report.md and a self-contained
 report.html (plots inlined as data URIs)."""
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from . import __version__
-from .report_plots import STRATEGY_ORDER
-from .stats import accuracy_interval, interval_text, count_test_images
+from ..version import __version__
+from ..nn.heads import STRATEGIES
+from ..runs.stats import accuracy_interval, interval_text, count_test_images
 
-if TYPE_CHECKING:
-    from .report import Run
+from .results import RunResults
 
 
 # -- tables ---------------------------------------------------------------------------------------------------
@@ -54,9 +53,9 @@ def class_list(summary: dict, show: int = 10) -> str:
     return f"{len(names)}: " + ", ".join(names[:show]) + (", …" if len(names) > show else "")
 
 
-def build_tables(runs: list[Run]) -> list[Table]:
+def build_tables(runs: list[RunResults]) -> list[Table]:
     """The report's tables: runs, test accuracy per strategy, per-block test accuracy (ASGE runs)."""
-    strategies = [s for s in STRATEGY_ORDER if any(s in r.summary["test_accuracy"] for r in runs)]
+    strategies = [s for s in STRATEGIES if any(s in r.summary["test_accuracy"] for r in runs)]
     strategies += sorted({s for r in runs for s in r.summary["test_accuracy"]} - set(strategies))
     acc_rows = []
     for r in runs:
@@ -120,7 +119,7 @@ def build_tables(runs: list[Run]) -> list[Table]:
     return tables
 
 
-def per_class_table(runs: list[Run]) -> Optional[Table]:
+def per_class_table(runs: list[RunResults]) -> Optional[Table]:
     """Test accuracy of each class (%), by each run's headline strategy, from its confusion matrix; None
     when no run has one. Runs on other classes than the first's are left out (named in the note)."""
     shown = [r for r in runs if r.confusion]
@@ -142,7 +141,7 @@ def per_class_table(runs: list[Run]) -> Optional[Table]:
                  rows, note, [False] + [True] * (1 + len(same)))
 
 
-def comparison_lines(runs: list[Run], reference: Optional[str] = None) -> list[str]:
+def comparison_lines(runs: list[RunResults], reference: Optional[str] = None) -> list[str]:
     """Sentences a reader can quote: accuracy gap and speed ratio, from the runs' own numbers, one per pair.
 
     With ``reference`` (a run's label): every other run against that run. Otherwise every run that is not
@@ -195,14 +194,14 @@ def comparison_lines(runs: list[Run], reference: Optional[str] = None) -> list[s
     return [text + "."]
 
 
-def machine_of(r: Run) -> str:
+def machine_of(r: RunResults) -> str:
     """The processor a run's speeds were measured on (older runs recorded only cpu / cuda)."""
     if r.summary.get("device_name"):
         return str(r.summary["device_name"])
     return f"{r.summary.get('device') or 'a device'} (its model not recorded: the run predates device_name)"
 
 
-def machine_note(runs: list[Run]) -> str:
+def machine_note(runs: list[RunResults]) -> str:
     """``Speeds measured on: <machine> (all runs)`` or one machine per run."""
     machines = {r.label: machine_of(r) for r in runs}
     if len(set(machines.values())) == 1:
@@ -268,7 +267,7 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
 
-def render_markdown(runs: list[Run], tables: list[Table], plots: dict[str, Path],
+def render_markdown(runs: list[RunResults], tables: list[Table], plots: dict[str, Path],
                     reference: Optional[str] = None) -> str:
     """report.md; ``reference``: the label of the run the others are compared with (:func:`comparison_lines`)."""
     lines = [f"# asge report: {', '.join(_md_cell(r.label) for r in runs)}", ""]
@@ -287,7 +286,7 @@ def render_markdown(runs: list[Run], tables: list[Table], plots: dict[str, Path]
     return "\n".join(lines) + "\n"
 
 
-def render_html(runs: list[Run], tables: list[Table], plots: dict[str, Path], reference: Optional[str] = None) -> str:
+def render_html(runs: list[RunResults], tables: list[Table], plots: dict[str, Path], reference: Optional[str] = None) -> str:
     """report.html: :func:`render_markdown`'s content, the plots inlined."""
     e = html.escape
     title = f"asge report: {', '.join(r.label for r in runs)}"

@@ -40,11 +40,11 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from .config import TrainConfig
-from .errors import AsgeError, Preempted
-from .layers import CONTEXTS, POOLS
-from .lock import RunLock
-from .run import RunDir
+from ..config import TrainConfig
+from ..errors import AsgeError, Preempted
+from ..layers import CONTEXTS, POOLS
+from ..runs.lock import RunLock
+from ..runs.directory import RunDir
 
 DEFAULT_POOLS = ("rms", "avg", "max", "soft")
 DEFAULT_CONTEXTS = ("none", "sge", "gsop", "gsop-spatial", "ge-minus", "ge", "ge-plus")
@@ -117,7 +117,7 @@ def check_option_keys(common: dict, per: dict[str, dict], contexts: Sequence[str
     """Before anything is trained, one line for an option key that cannot apply: a ``NAME:KEY`` that module
     ``NAME`` does not take, or a ``KEY`` that no context module of the grid takes. (A value a module refuses,
     or a common key that only some modules take, fails those settings only, recorded with the error.)"""
-    from .layers.context import check_context_options, context_option_keys
+    from ..layers.context import check_context_options, context_option_keys
     for name, opts in per.items():
         check_context_options(name, opts)
     takers = {c: context_option_keys(c) for c in dict.fromkeys(contexts) if c != "none"}
@@ -266,7 +266,7 @@ def _train_setting(base_cfg: TrainConfig, pool: str, context: str, seed: int, ne
                    common: dict, per: dict[str, dict], head: str, log: Callable[[str], None]) -> dict:
     """Train (or read back) one setting with one seed; its row (status ``failed`` with the error when it
     fails)."""
-    from .train import fit
+    from ..train import fit
     run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if nested else "")
     row = _row(pool, context, run_dir)
     row["seed"] = seed
@@ -391,7 +391,7 @@ SEED_CSV_COLUMNS = ("setting", "pool", "context", "seed", "status", "fusion", "l
 
 
 def write_tables(rows: list[dict], out: Path, meta: dict, seed_rows: Optional[list[dict]] = None) -> None:
-    from .run import atomic_write
+    from ..runs.directory import atomic_write
     csv_data, md_data = csv_text(rows).encode(), markdown_text(rows, meta).encode()
     atomic_write(out / "ablation.csv", lambda f: f.write(csv_data))
     atomic_write(out / "ablation.md", lambda f: f.write(md_data))
@@ -402,7 +402,7 @@ def write_tables(rows: list[dict], out: Path, meta: dict, seed_rows: Optional[li
 
 # -- command line ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_train_arguments
+    from ..options import add_train_arguments
     add_train_arguments(parser)
     for action in parser._actions:        # the train flags, re-explained where the ablation reads them otherwise
         if action.dest == "out":
@@ -431,7 +431,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
+    from ..options import config_from_args
     out = args.out
     args.out, args.resume = None, False    # --out is the ablation's directory, not a run's
     base = config_from_args(args)

@@ -12,7 +12,7 @@ from torch import nn
 from .goodness import (GoodnessProjection, GOODNESS_REDUCTIONS, equal_patches, relu_spatial_goodness,
                        spatial_goodness)
 from .heads import head_feature_dim, head_features
-from .layers import ChannelLayerNorm, Dropout16, RMSPool2d, create_context, create_norm, create_pool
+from ..layers import ChannelLayerNorm, Dropout16, RMSPool2d, create_context, create_norm, create_pool
 
 
 def affine_norm_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ class ASGEBlock(nn.Module):
             1-channel image into zeros.
         context: context module after the ReLU (``none``, ``sge``, ``gsop``, ...), ``context_options`` its kwargs.
         head_features: what the Fusion head reads of Y (``gap``, ``goodness``, ``patch``; see
-            :func:`asge.heads.head_features`).
+            :func:`asge.nn.heads.head_features`).
         generator: draws the projection.
         projection: ``fixed`` (the paper: a fixed random map) or ``learned`` (the same initial map, trained by
             the block's own loss; an option that leaves the paper's method).
@@ -157,7 +157,7 @@ class ASGEBlock(nn.Module):
 
     def fused_local_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Y, a_l, Y**2) for a :attr:`fusable` block: the values of ``features`` and ``local_logits``, with
-        ReLU, goodness and their backward fused (:func:`asge.goodness.relu_spatial_goodness`); Y and Y**2
+        ReLU, goodness and their backward fused (:func:`asge.nn.goodness.relu_spatial_goodness`); Y and Y**2
         carry no graph. x: (B, C_in, H, W), needs no gradient."""
         if isinstance(self.norm, (ChannelLayerNorm, nn.GroupNorm)):
             z, shift = affine_norm_conv_parts(self.norm, self.conv, x)

@@ -14,18 +14,18 @@ import time
 
 import torch
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -> tuple[dict, list]:
     """ASGE and BP on their own copies of one network (same seed), and 8 synthetic batches of ``cfg``'s size.
 
     Returns ({"asge": LocalLearning, "bp": Backprop}, [(x (B, 3, S, S), labels (B,))])."""
-    from .bench import synthetic_batches
-    from .data import DatasetInfo
-    from .presets import get_preset
-    from .train import Backprop, LocalLearning
-    from .train.loop import build_model
+    from .batches import synthetic_batches
+    from ..data import DatasetInfo
+    from ..nn.presets import get_preset
+    from ..train import Backprop, LocalLearning
+    from ..runs.build import build_model
 
     size = cfg.input_size or get_preset(cfg.model)["image_size"]
     info = DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)
@@ -45,9 +45,10 @@ def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -
 
 def smallest_batch(cfg: TrainConfig) -> int:
     """The smallest batch ``cfg``'s network trains on (:func:`asge.train.loop.smallest_batch`)."""
-    from .data import DatasetInfo
-    from .presets import get_preset
-    from .train.loop import build_model, smallest_batch as smallest
+    from ..data import DatasetInfo
+    from ..nn.presets import get_preset
+    from ..runs.build import build_model
+    from ..train.loop import smallest_batch as smallest
     size = cfg.input_size or get_preset(cfg.model)["image_size"]
     return smallest(build_model(cfg, DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)))
 
@@ -95,8 +96,8 @@ def run_overhead(args) -> int:
     import os
     from pathlib import Path
 
-    from .errors import AsgeError
-    from .train.loop import resolve_device
+    from ..errors import AsgeError
+    from ..runs.build import resolve_device
     if args.overhead_steps < 2:
         raise AsgeError(f"--overhead-steps must be at least 2, got {args.overhead_steps}")
     torch.set_num_threads(args.threads or 1)
