@@ -8,6 +8,7 @@ import asge.train
 from asge.tools.ablate import CSV_COLUMNS, grid_settings, options_for, run_ablation, split_context_options
 from asge.cli import main
 from asge.config import TrainConfig
+from asge.errors import AsgeError
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -101,11 +102,23 @@ def test_mini_grid_tables_resume_and_failure(tmp_path, monkeypatch):
     assert all(r["error"] == "" and r["fusion"] != "" for r in table)
     assert int(table[1]["parameters_context"]) == 2 * 2 * 4      # SGE: gamma and beta per group, 2 blocks
 
-    # A finished setting trained with another budget is not silently reused.
+    # Another ablation there (another budget, a smaller grid) would lose the table's results: refused before
+    # anything trains, the tables untouched; with force the tables are rewritten, and the finished setting
+    # trained with another budget is recorded as failed, not silently reused.
     trained.clear()
+    tables = {n: (out / n).read_bytes() for n in ("ablation.csv", "ablation.md")}
+    with pytest.raises(AsgeError) as e:
+        run_ablation(base(epochs=2, context_options={"sge:groups": 4}), ["rms"], ["none"], out, grid="full",
+                     log=logs.append)
+    assert str(e.value) == (f"{out} already holds another ablation (ablation.csv has avg-none, avg-sge, rms-sge, "
+                            "which this grid lacks; rms-none was trained with another configuration (epochs "
+                            "(1 -> 2))); pass --force to replace its tables (no run directory is removed), or "
+                            "choose another --out")
+    assert trained == [] and {n: (out / n).read_bytes() for n in tables} == tables
     rows = run_ablation(base(epochs=2, context_options={"sge:groups": 4}), ["rms"], ["none"], out, grid="full",
-                        log=logs.append)
+                        log=logs.append, force=True)
     assert trained == [] and rows[0]["status"] == "failed" and "epochs (1 -> 2)" in rows[0]["error"]
+    assert (out / "avg-none" / "summary.json").is_file()       # no run directory is removed
 
 
 def test_cli_one_factor_grid(tmp_path, capsys):

@@ -94,8 +94,8 @@ def summary_rows(s: dict, out: Optional[str] = None) -> list[tuple[str, str]]:
         rows.append(("per block", "  ".join(f"{i + 1}: {a:.1f}%{ci(a, 1)}"
                                             for i, a in enumerate(s["block_test_accuracy"]))))
     if s.get("best_block"):
-        rows.append(("l*", f"block {s['best_block']} (early exit uses {100 * s['best_compute_fraction']:.0f}% of "
-                           "the conv compute)"))
+        rows.append(("l*", f"block {s['best_block']} (early exit spends {100 * s['best_compute_fraction']:.0f}% of "
+                           "Fusion's multiply-accumulates per image)"))
     params = s.get("parameters") or {}
     rows.append(("parameters", "   ".join(f"{k} {v:,}" for k, v in params.items() if isinstance(v, int) and v)))
     rows.append(("seconds", f"{s['train_seconds']:.1f} training, {s['images_per_second']:,.0f} images/s on "

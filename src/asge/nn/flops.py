@@ -1,8 +1,10 @@
 """Analytical convolution FLOPs of a training step (read from the autograd graph) and the fp32 matmul peak
-they are compared with (``asge bench``'s GFLOP/s and utilisation)."""
+they are compared with (``asge bench``'s GFLOP/s and utilisation); the multiply-accumulates of a forward
+pass (``forward_macs``: the Best strategy's early-exit cost, :meth:`asge.nn.model.ASGENet.compute_fraction`)."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -51,6 +53,26 @@ def conv_flops(net, method: str, batch: int = 128) -> dict:
             igrad += 2 * macs if needs else 0
     return {"forward": int(fwd), "weight_grad": int(wgrad), "input_grad": int(igrad),
             "total": int(fwd + wgrad + igrad)}
+
+
+def forward_macs(run: Callable[[torch.Tensor], object], example: torch.Tensor) -> int:
+    """Multiply-accumulates per image that ``run(x)`` spends in convolutions and matrix products (linear
+    layers, matmuls, and einsums that torch computes as one), as torch dispatches them, counted by
+    ``torch.utils.flop_counter`` (2 FLOPs per multiply-accumulate; bias additions, norms and other
+    elementwise work are not counted). ``example``: one input, (1, C, H, W).
+
+    ``run`` is counted on a batch of one and a batch of two copies of ``example``, and the difference is
+    the cost per image: work done once per batch whatever its size (an affine entry norm's beta map,
+    :func:`asge.nn.block.beta_map`) is left out. Gradients are off; the caller chooses train or eval mode.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    flops = []
+    for batch in (1, 2):
+        x = example.expand(batch, *example.shape[1:]).contiguous()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run(x)
+        flops.append(counter.get_total_flops())
+    return (flops[1] - flops[0]) // 2
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:

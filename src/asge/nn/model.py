@@ -121,10 +121,15 @@ class ASGENet(nn.Module):
             if l_star < 1:
                 raise RuntimeError("the best block has not been chosen yet: train the network, or set "
                                    "net.best_block (1-based) from validation accuracies")
-            ys, _ = self.forward_features(x, upto=l_star)
-            return self.blocks[l_star - 1].local_logits(ys[-1])
+            return self.exit_logits(x, l_star)
         _, feats = self.forward_features(x)
         return self.heads.fusion_logits(feats) if strategy == "fusion" else self.heads.last_logits(feats)
+
+    def exit_logits(self, x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Block ``upto``'s local scores a_l (B, N), running blocks 1..``upto`` only (the Best strategy's early
+        exit, with ``upto`` = l*)."""
+        ys, _ = self.forward_features(x, upto=upto)
+        return self.blocks[upto - 1].local_logits(ys[-1])
 
     def parameter_counts(self) -> dict:
         """Trainable parameters of the blocks and of each strategy's classifier (Best has none)."""
@@ -133,6 +138,26 @@ class ASGENet(nn.Module):
                 "last": count(self.heads.last), "best": 0}
 
     def compute_fraction(self, upto: int) -> float:
-        """Share of the conv multiply-accumulates spent by blocks 1..``upto`` (early-exit cost)."""
-        macs = [b.conv_macs() for b in self.blocks]
-        return sum(macs[:upto]) / sum(macs)
+        """Early-exit cost: the multiply-accumulates per image of the Best exit after block ``upto`` (blocks
+        1..``upto`` with their context modules, and block ``upto``'s goodness projection) as a share of
+        those of the Fusion strategy (every block and the Fusion head).
+
+        Both are measured by a forward pass on this network's input shape (1, C, S, S), in eval mode
+        (:func:`asge.nn.flops.forward_macs`: every convolution and matrix product torch runs, e.g. GSoP's
+        covariance and Gather-Excite's gathers as well as the blocks' convs). The network's train/eval mode
+        is restored afterwards.
+        """
+        from .flops import forward_macs
+        if not 1 <= upto <= len(self.blocks):
+            raise ValueError(f"compute_fraction: upto must be a block in 1..{len(self.blocks)}, got {upto}")
+        p = next(self.parameters())
+        example = torch.zeros(1, self.blocks[0].in_channels, self.image_size, self.image_size, device=p.device,
+                              dtype=p.dtype)
+        training = self.training
+        self.eval()
+        try:
+            exit_macs = forward_macs(lambda x: self.exit_logits(x, upto), example)
+            fusion_macs = forward_macs(lambda x: self.predict(x, "fusion"), example)
+        finally:
+            self.train(training)
+        return exit_macs / fusion_macs

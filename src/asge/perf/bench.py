@@ -31,6 +31,7 @@ from .batches import bench_batches, synthetic_batches
 from ..config import TrainConfig
 from ..errors import AsgeError
 from ..nn.flops import conv_flops, matmul_peak_gflops
+from ..runs.directory import refuse_overwrite
 
 RESULT_KEYS = ("model", "width", "channels", "batch_size", "device", "images_per_second", "speed_ratio",
                "saved_activation_bytes", "memory_ratio", "asge_block_saved_bytes", "cuda_peak_bytes",
@@ -303,6 +304,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--no-matmul-peak", dest="matmul_peak", action="store_false",
       help="skip measuring the fp32 matmul peak")
     a("--out", default="bench", help="directory for bench.json (default ./bench)")
+    a("--force", action="store_true",
+      help="replace the results already in --out (bench.json, overhead.json, profile tables); without it they "
+           "are never overwritten: choose another --out")
     a("--equal-memory", action="store_true",
       help="also, per width: ASGE at the largest batch (a multiple of 8) whose step needs no more memory than "
            "BP's at --batch-size (CUDA peak on GPUs, saved-for-backward bytes elsewhere), in its own row")
@@ -318,6 +322,15 @@ NOT_FOR_OVERHEAD = ("width", "batch_size", "steps", "chunk", "dataset", "data_ro
                     "profile", "equal_memory")
 
 
+def result_files(args: argparse.Namespace) -> list[Path]:
+    """The files in ``--out`` that this ``asge bench`` would write and that exist already: overhead.json
+    (``--overhead``), else bench.json and, with ``--profile``, each method's profile table per width."""
+    out = Path(args.out)
+    names = ["overhead.json"] if args.overhead else ["bench.json"] + (
+        [f"profile_{m}_w{w:g}.txt" for w in args.width for m in ("asge", "bp")] if args.profile else [])
+    return [out / n for n in names if (out / n).exists()]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..runs.build import resolve_device
     if args.overhead:
@@ -329,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise AsgeError(f"{flags}: not used by --overhead, which measures {args.model} at width 1/32, batch 1 "
                             "(--model, --recipe, --amp, --device, --threads, --lr, --seed, --warmup and --overhead-steps apply)")
+        refuse_overwrite(Path(args.out), "benchmark results", result_files(args), args.force)
         from .overhead import run_overhead
         return run_overhead(args)
     if args.threads:
@@ -363,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.dataset = args.dataset
         configs.append((width, cfg))
     from ..runs.directory import make_directory
+    refuse_overwrite(Path(args.out), "benchmark results", result_files(args), args.force)
     out = make_directory(args.out, "bench directory (--out)", AsgeError)
     results = []
     for width, cfg in configs:

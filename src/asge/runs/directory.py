@@ -33,6 +33,18 @@ def file_in_the_way(path: Path) -> Optional[Path]:
     return None
 
 
+def refuse_overwrite(where: Path, what: str, existing: list[Path], force: bool) -> None:
+    """The rule of every command that writes results a user keeps (``asge report``, ``export``, ``bench``,
+    ``ablate``): files that exist are replaced only with ``--force``. Without it, an AsgeError, one line,
+    naming what ``where`` already holds (``what``, e.g. "a report", and the first ``existing`` files), before
+    anything is written."""
+    from .errors import AsgeError
+    if existing and not force:
+        names = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise AsgeError(f"{where} already holds {what} ({names}); pass --force to replace it, or choose "
+                        "another --out")
+
+
 def make_directory(path, what: str = "output directory", error=RunDirError) -> Path:
     """Create directory ``path`` and its parents, or raise ``error``, one line, naming what is in the way."""
     path = Path(path)

@@ -1,5 +1,10 @@
 """Where a run came from: the asge version and git commit, the command line, the data files read, the machine.
 
+The command line is the one that started the run (``command``); ``commands`` lists every command that ran
+it, in order: that one, then each ``--resume`` (or extension, ``--resume --epochs N``), each
+``{"command", "at_epoch": the epochs completed when it started, "at_step" (mid-epoch), "time"}``
+(:func:`asge.train.resume.command_history`).
+
 ``provenance(cfg, data, device)`` is what ``summary.json`` records under ``provenance`` (and TensorBoard's
 hparams): everything needed to say, months later, which code on which data on which machine produced a
 number. Every part is best-effort and cheap: a missing ``git`` or an unreadable file leaves its entry out,
@@ -140,8 +145,13 @@ def provenance(cfg, data=None, device: torch.device | str = "cpu") -> dict:
     git = git_info()
     if git is not None:
         out["git"] = git
-    out.update(command=list(sys.argv), cwd=os.getcwd(), python=platform.python_version(), torch=torch.__version__,
-               device_name=device_name(device), platform=platform.platform())
+    from .train.resume import command_history
+    history = command_history(cfg)        # the run's commands: the one that started it, then each resume
+    out.update(command=history[0]["command"] if history else list(sys.argv), cwd=os.getcwd(),
+               python=platform.python_version(), torch=torch.__version__, device_name=device_name(device),
+               platform=platform.platform())
+    if history:
+        out["commands"] = history
     try:
         out["data"] = data_source(cfg, data)
     except Exception as e:     # best-effort: a provenance failure must not cost the run its summary

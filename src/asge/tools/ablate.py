@@ -20,6 +20,11 @@ must match); a setting interrupted mid-run continues from its last checkpoint. A
 instance SGE groups that do not divide the channels) is recorded with its error and the rest go on; rerun
 the same command to retry it.
 
+Another ablation in a directory that holds one is refused before anything is trained, when rewriting the
+tables there would lose results: a row whose setting (or setting and seed) the new grid lacks, a change to
+or from ``--seeds``, or a finished setting trained with another configuration (it would be recorded as
+failed). ``force=True`` (``--force``) rewrites the tables anyway; no run directory is ever removed.
+
 Context options: ``KEY=VALUE`` applies to every context module of the grid, ``NAME:KEY=VALUE`` to module
 ``NAME`` only (and wins over the unprefixed form), e.g. ``--context-option sge:groups=8
 --context-option ge:extent=4``. The same keys work in a YAML ``context_options`` mapping.
@@ -208,7 +213,7 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
                  contexts: Sequence[str] = DEFAULT_CONTEXTS, out_dir: str | Path = "runs/ablation", *,
                  grid: str = "oat", context_options: Optional[dict[str, dict]] = None,
                  log: Callable[[str], None] = print, command: Optional[str] = None,
-                 seeds: Optional[Sequence[int]] = None) -> list[dict]:
+                 seeds: Optional[Sequence[int]] = None, force: bool = False) -> list[dict]:
     """Train every (pool, context) setting of ``grid`` from ``base_cfg`` into ``out_dir/<pool>-<context>/``.
 
     ``base_cfg.pool``/``base_cfg.context`` are the reference setting. ``base_cfg.context_options`` may mix
@@ -220,6 +225,9 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     ``seeds`` (``--seeds 0,1,2``): train every setting once per seed, into ``out_dir/<setting>/seed-<S>/``;
     each row then holds the mean and sample sd over the seeds (:func:`aggregate_seeds`), and
     ``ablation-seeds.csv`` one row per setting and seed.
+
+    ``force``: rewrite the tables of an ablation already in ``out_dir`` even where that loses results (see
+    the module docstring); without it, AsgeError (one line) and nothing is trained or written.
     """
     for p in pools:
         POOLS.check(p)
@@ -236,8 +244,64 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
     check_option_keys(common, per, [c for _, c in settings])
     out = Path(out_dir)
     with RunLock(out, log=log):           # one ablation per directory; each setting's run locks its own
+        lost = [] if force else tables_would_lose(base_cfg, settings, out, common, per,
+                                                  list(seeds) if seeds else None)
+        if lost:
+            raise AsgeError(f"{out} already holds another ablation ({'; '.join(lost)}); pass --force to replace "
+                            "its tables (no run directory is removed), or choose another --out")
         return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command,
                                list(seeds) if seeds else None)
+
+
+def setting_config(base_cfg: TrainConfig, pool: str, context: str, seed: int, run_dir: Path, common: dict,
+                   per: dict[str, dict]) -> TrainConfig:
+    """The configuration one setting trains with (one seed), into ``run_dir``."""
+    return dataclasses.replace(base_cfg, pool=pool, context=context, out=str(run_dir), seed=seed,
+                               context_options=options_for(context, common, per))
+
+
+def tables_would_lose(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
+                      per: dict[str, dict], seeds: Optional[list[int]]) -> list[str]:
+    """What rewriting the tables in ``out`` for this ablation would lose, one phrase each (none: ``out`` holds
+    no ablation, or the same one, to be continued): rows of ablation.csv / ablation-seeds.csv whose setting
+    (and seed) this grid lacks, a change to or from ``--seeds``, finished settings of another configuration."""
+    tables = {name: out / name for name in ("ablation.csv", "ablation-seeds.csv")}
+    if not any(path.is_file() for path in tables.values()):
+        return []
+    lost = []
+    names = [setting_name(p, c) for p, c in settings]
+    had_seeds = tables["ablation-seeds.csv"].is_file()
+    if had_seeds != (seeds is not None):
+        lost.append(f"it was run {'with' if had_seeds else 'without'} --seeds")
+    for key, path in tables.items():
+        try:
+            rows = list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+        except (OSError, UnicodeDecodeError, csv.Error):
+            lost.append(f"{key} cannot be read")
+            continue
+        if key == "ablation.csv":
+            missing = sorted({r.get("setting") for r in rows} - set(names) - {None})
+        else:
+            wanted = {(n, str(s)) for n in names for s in seeds or []}
+            missing = sorted({f"{r.get('setting')} seed {r.get('seed')}" for r in rows
+                              if (r.get("setting"), r.get("seed")) not in wanted})
+        if missing:
+            lost.append(f"{key} has {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}, which this grid "
+                        "lacks")
+    for pool, context in settings:
+        for seed in seeds or [base_cfg.seed]:
+            run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if seeds is not None else "")
+            run = RunDir(run_dir)
+            if not run.summary_file.is_file():
+                continue
+            try:
+                diff = setting_config(base_cfg, pool, context, seed, run_dir, common, per).resolved().differences(
+                    run.read_config())
+            except Exception:             # an unreadable config: the setting records its own error
+                continue
+            if diff:
+                lost.append(f"{run_dir.relative_to(out)} was trained with another configuration ({diff})")
+    return lost
 
 
 def _train_settings(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
@@ -270,8 +334,7 @@ def _train_setting(base_cfg: TrainConfig, pool: str, context: str, seed: int, ne
     run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if nested else "")
     row = _row(pool, context, run_dir)
     row["seed"] = seed
-    cfg = dataclasses.replace(base_cfg, pool=pool, context=context, out=str(run_dir), seed=seed,
-                              context_options=options_for(context, common, per))
+    cfg = setting_config(base_cfg, pool, context, seed, run_dir, common, per)
     run = RunDir(run_dir)
     if nested:
         head += f" seed {seed}"
@@ -428,6 +491,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grid", choices=GRIDS, default="oat",
                    help="oat (default): each pool with the reference context and each context with the "
                         "reference pool; pool or context: one of those sweeps; full: pools x contexts")
+    g.add_argument("--force", action="store_true",
+                   help="rewrite the tables of another ablation already in --out (without it, an ablation whose "
+                        "tables would lose results there is refused; the same command again continues one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -440,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
     command = "asge ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
         sys.argv[1] == "ablate" else None
     rows = run_ablation(base, args.pools, args.contexts, out, grid=args.grid, command=command,
-                        seeds=getattr(args, "seeds", None))
+                        seeds=getattr(args, "seeds", None), force=args.force)
     print()
     print(markdown_table(rows))
     what = "one run directory per setting" if not getattr(args, "seeds", None) else \

@@ -34,6 +34,7 @@ from .report_html import PLOT_TITLES, build_tables, render_html, render_markdown
 from .report_plots import (plot_confusion, plot_losses, plot_speed, plot_strategies, plot_test_by_block,
                            plot_val_blocks, plot_val_headline)
 from .results import RunResults, read_results
+from ..runs.directory import refuse_overwrite
 
 
 def add_confusion(run: RunResults) -> None:
@@ -114,8 +115,9 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] = 
     Returns the written files by name: the plot keys (``val_blocks``, ``test_by_block``, ``strategies``,
     ``val_headline``, ``speed``; only those that have something to show) plus ``markdown`` and ``html``.
     Raises RunDirError for a path that is not a finished run (nothing is written then), ValueError for a
-    wrong number of labels or a ``reference`` no run has, and AsgeError when ``out_dir`` cannot be written. Rewriting a report
-    directory replaces its files and removes a plot of the earlier report that the new one lacks.
+    wrong number of labels or a ``reference`` no run has, and AsgeError when ``out_dir`` cannot be written.
+    From Python, rewriting a report directory replaces its files and removes a plot of the earlier report
+    that the new one lacks; ``asge report`` does so only with ``--force`` (:func:`run`).
     """
     run_dirs = list(run_dirs)
     if not run_dirs:
@@ -185,10 +187,7 @@ def run(args: argparse.Namespace) -> int:
     check_distinct_runs(args.run_dirs)
     check_reference(args.reference, run_labels(args.run_dirs, labels))
     out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
-    existing = report_files(out) if out.is_dir() else []
-    if existing and not args.force:
-        raise AsgeError(f"{out} already holds a report ({', '.join(p.name for p in existing[:3])}"
-                        f"{', ...' if len(existing) > 3 else ''}); pass --force to replace it, or choose another --out")
+    refuse_overwrite(out, "a report", report_files(out) if out.is_dir() else [], args.force)
     written = make_report(args.run_dirs, out, labels, args.reference)
     for path in written.values():
         print(path)

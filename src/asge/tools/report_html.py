@@ -74,7 +74,8 @@ def build_tables(runs: list[RunResults]) -> list[Table]:
                      "strategy: fusion for ASGE, last for bp. In parentheses: the 95% Wilson score interval of "
                      "the test accuracy over the run's test images (none where its summary does not record how "
                      "many). Best predicts with block l*, the block with the best validation accuracy, and stops "
-                     "there (early exit).")
+                     "there (early exit); its compute: the multiply-accumulates per image of blocks 1..l* (context "
+                     "modules included) and block l*'s projection, as a share of Fusion's.")
     run_rows = []
     for r in runs:
         s, params, c = r.summary, r.summary.get("parameters") or {}, r.config

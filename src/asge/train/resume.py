@@ -1,9 +1,14 @@
 """What a run directory holds and how a run continues from it: the checkpoint's contents, ``--resume``
-checks (before anything is locked or written), extending a finished run (``--resume --epochs N``) and
-``--init-from`` weights."""
+checks (before anything is locked or written), extending a finished run (``--resume --epochs N``),
+``--init-from`` weights, and the run's command history (the command that started it, then each one that
+resumed or extended it: ``last.pt`` carries it from one process to the next, summary.json's provenance
+records it)."""
 from __future__ import annotations
 
 import os
+import sys
+import time
+from pathlib import Path
 from typing import Optional
 
 from ..config import TrainConfig
@@ -57,11 +62,61 @@ def load_init_weights(net: ASGENet, source: str) -> dict:
     return {"path": str(path.resolve()), "epoch": ckpt.get("epoch"), "config": ckpt.get("config")}
 
 
+#: The command history of the run each ``fit`` of this process is training, by resolved run directory: set
+#: when the run starts (:func:`check_resume`), read by :func:`last_state` and the summary's provenance.
+_HISTORIES: dict[Path, list[dict]] = {}
+
+
+def command_entry(at_epoch: int, at_step: Optional[int] = None) -> dict:
+    """This process's entry of a command history: ``{"command": sys.argv, "at_epoch": the epochs completed
+    when it started, "at_step": the step within the next epoch (a mid-epoch checkpoint only), "time"}``."""
+    entry = {"command": list(sys.argv), "at_epoch": at_epoch}
+    if at_step:
+        entry["at_step"] = at_step
+    entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return entry
+
+
+def begin_history(cfg: TrainConfig, resume: bool) -> None:
+    """Start the command history of the run in ``cfg.out`` that this process trains: the history its
+    ``last.pt`` carries (when resuming one) followed by this command. A checkpoint written before histories
+    were recorded gives a first entry whose command is None (the command that started the run is unknown)."""
+    if not cfg.out:
+        return
+    run = RunDir(cfg.out)
+    history, at_epoch, at_step = [], 0, None
+    if resume and run.checkpoint_exists():
+        try:
+            ckpt = load_checkpoint(run.last_checkpoint, mmap=True)    # the weights are mapped, not read
+        except CheckpointError:
+            ckpt = {}                     # damaged: fit says so when it loads it
+        history = list(ckpt.get("commands") or [{"command": None, "at_epoch": 0, "time": None}])
+        at_epoch, at_step = ckpt.get("epoch", 0), (ckpt.get("partial") or {}).get("step")
+    _HISTORIES[Path(cfg.out).resolve()] = history + [command_entry(at_epoch, at_step)]
+
+
+def command_history(cfg: TrainConfig) -> Optional[list[dict]]:
+    """The command history of the run in ``cfg.out`` that this process trains (see :func:`begin_history`);
+    None when none was begun (no run directory)."""
+    out = getattr(cfg, "out", None)
+    return _HISTORIES.get(Path(out).resolve()) if out else None
+
+
 def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Optional[dict]:
     """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
     to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
     says so and stops); an AsgeError, one line, when there is no run to resume (``require_run``, the
-    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there)."""
+    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there).
+
+    When it returns None, the run's command history is begun (:func:`begin_history`)."""
+    finished = _check_resume(cfg, resume, require_run)
+    if finished is None:
+        begin_history(cfg, resume)
+    return finished
+
+
+def _check_resume(cfg: TrainConfig, resume: bool, require_run: bool) -> Optional[dict]:
+    """:func:`check_resume`'s checks."""
     if not resume or (not require_run and not (cfg.out and RunDir(cfg.out).checkpoint_exists())):
         return None
     if not cfg.out:
@@ -105,9 +160,13 @@ def last_state(cfg: TrainConfig, net: ASGENet, method, epoch: int, best: dict, t
                partial: Optional[dict] = None, extensions: Optional[list] = None) -> dict:
     """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after ``epoch``
     (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next;
-    ``extensions``: the run's ``--resume --epochs N`` extensions so far."""
+    ``extensions``: the run's ``--resume --epochs N`` extensions so far; ``commands``: the run's command
+    history (:func:`command_history`), which the next process that resumes it continues."""
     state = {"epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
              "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images}
+    history = command_history(cfg)
+    if history:
+        state["commands"] = history
     if partial is not None:
         state["partial"] = partial
     if extensions:

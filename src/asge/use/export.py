@@ -10,7 +10,8 @@
   bit-exactly; nothing in it is executable.
 
 Beside the file, ``FILE.md``: a model card (what the model is, how it was trained, its test accuracy per
-strategy, its input and output, how to load it).
+strategy, its input and output, how to load it). A file or card that exists already is replaced only with
+``--force``.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..data import rms_normalize
 from ..errors import AsgeError
 from .inference import SAFETENSORS_FORMAT, check_run_strategy, check_strategy_available, load
 from ..nn.model import ASGENet
+from ..runs.directory import refuse_overwrite
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 
@@ -142,6 +144,11 @@ def check_output_file(path: Path) -> None:
         raise AsgeError(f"cannot write {path}: {blocker} is a file, not a directory")
 
 
+def card_path(path: Path) -> Path:
+    """Where the model card of the exported file ``path`` goes: ``<file>.md`` beside it."""
+    return path.with_name(path.name + ".md")
+
+
 def export_model(net: ASGENet, path, fmt: str, strategy: str) -> dict:
     """Write ``net`` (from :func:`asge.load`) to ``path`` as ``fmt`` for ``strategy``, and the model card
     ``path.md``. The network is moved to the CPU. Returns {"file", "card", "max_difference"}."""
@@ -158,7 +165,7 @@ def export_model(net: ASGENet, path, fmt: str, strategy: str) -> dict:
         graph = InferenceGraph(net, strategy).eval()
         (export_torchscript if fmt == "torchscript" else export_onnx)(graph, path, example)
     diff = max_difference(net, path, fmt, strategy, example)
-    card = path.with_name(path.name + ".md")
+    card = card_path(path)
     card.write_text(model_card(net, path, fmt, strategy, diff))
     return {"file": str(path), "card": str(card), "max_difference": diff}
 
@@ -241,6 +248,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "(the only one of a backprop run)")
     p.add_argument("--out", help="file to write (default RUN/export/model-<strategy><.pt|.onnx|.safetensors>); "
                                  "the model card goes beside it as <file>.md")
+    p.add_argument("--force", action="store_true",
+                   help="replace the file and its model card if they exist (without it, an existing export is "
+                        "never overwritten: choose another --out)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -251,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     base = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = Path(args.out) if args.out else base / "export" / f"model-{strategy}{FORMATS[args.format]}"
     check_output_file(out)
+    refuse_overwrite(out.parent, "an export", [p for p in (out, card_path(out)) if p.exists()], args.force)
     result = export_model(net, out, args.format, strategy)
     print(f"wrote {result['file']} ({args.format}, strategy {strategy}) and its model card {result['card']}")
     diff = result["max_difference"]
