@@ -3,7 +3,7 @@
 The command line is the one that started the run (``command``); ``commands`` lists every command that ran
 it, in order: that one, then each ``--resume`` (or extension, ``--resume --epochs N``), each
 ``{"command", "at_epoch": the epochs completed when it started, "at_step" (mid-epoch), "time"}``
-(:func:`asge.train.resume.command_history`).
+(kept by the training loop, carried from one process to the next by ``last.pt``).
 
 ``provenance(cfg, data, device)`` is what ``summary.json`` records under ``provenance`` (and TensorBoard's
 hparams): everything needed to say, months later, which code on which data on which machine produced a
@@ -138,15 +138,15 @@ def data_source(cfg, data=None) -> dict:
     return out
 
 
-def provenance(cfg, data=None, device: torch.device | str = "cpu") -> dict:
-    """What summary.json records of where a run came from (see the module docstring)."""
+def provenance(cfg, data=None, device: torch.device | str = "cpu", commands: Optional[list] = None) -> dict:
+    """What summary.json records of where a run came from (see the module docstring). ``commands``: the run's
+    command history, the command that started it first (None: this process's command alone)."""
     from ..version import __version__
     out = {"asge_version": __version__}
     git = git_info()
     if git is not None:
         out["git"] = git
-    from .train.resume import command_history
-    history = command_history(cfg)        # the run's commands: the one that started it, then each resume
+    history = commands
     out.update(command=history[0]["command"] if history else list(sys.argv), cwd=os.getcwd(),
                python=platform.python_version(), torch=torch.__version__, device_name=device_name(device),
                platform=platform.platform())

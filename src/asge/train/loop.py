@@ -401,7 +401,8 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
     from ..runs.provenance import device_name, provenance
     summary["device_name"] = device_name(device)
-    summary["provenance"] = provenance(cfg, data, device)
+    from .resume import command_history
+    summary["provenance"] = provenance(cfg, data, device, commands=command_history(cfg))
     if cfg.init_from:
         summary["init_from"] = {k: v for k, v in (init or {}).items() if k != "config"} or {"path": cfg.init_from}
     if extensions:
