@@ -33,7 +33,7 @@ from asge.perf.bench import synthetic_batches
 from asge.config import TrainConfig
 from asge.data import DatasetInfo
 from asge.train import Backprop, LocalLearning
-from asge.train.loop import build_model
+from asge.runs.build import build_model
 
 
 class TorchDropout(nn.Dropout):

@@ -360,7 +360,8 @@ def test_batch_size_one_with_batchnorm_layers_is_refused_before_anything_is_writ
 def test_data_parallel_shares_of_the_last_batch_too_small_for_a_rank_leave_it_out():
     from asge.data import DatasetInfo
     from asge.errors import AsgeError
-    from asge.train.loop import build_model, train_drop_last
+    from asge.runs.build import build_model
+    from asge.train.loop import train_drop_last
     info = DatasetInfo("digits", num_classes=10, in_channels=1, image_size=16)
     said = []
     for context, images, ranks, dropped in [("none", 129, 2, True), ("none", 130, 2, False), ("none", 131, 4, True),

@@ -16,7 +16,7 @@ from asge.config import TrainConfig
 from asge.runs.provenance import git_info
 from asge.runs.directory import load_checkpoint
 from asge.train import fit
-from asge.train.loop import build_model
+from asge.runs.build import build_model
 from asge.train.resume import load_init_weights
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -18,7 +18,7 @@ from PIL import Image
 import asge
 from asge.cli import main
 from asge.config import TrainConfig
-from asge.train.loop import load_run_data
+from asge.runs.build import load_run_data
 
 from test_data import data_write_idx
 
