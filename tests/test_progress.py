@@ -165,7 +165,7 @@ def test_eval_shows_progress_on_stderr(tmp_path):
 def test_stop_signal_during_the_final_test_leaves_a_run_that_resume_tests(tmp_path, single_thread, monkeypatch):
     cfg = dict(TINY, epochs=1, progress="none")
     run = tmp_path / "run"
-    real = loop.evaluate
+    real = loop.evaluate_split
 
     def evaluate(net, split, *a, **k):
         if k.get("confusion"):                       # the final test: a signal after its first batch
@@ -181,11 +181,11 @@ def test_stop_signal_during_the_final_test_leaves_a_run_that_resume_tests(tmp_pa
             return real(net, split, *a, **k)
         finally:
             split.__dict__.pop("batches", None)
-    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate_split", evaluate)
     with pytest.raises(Preempted, match="while testing the best-validation model"):
         fit(TrainConfig(**cfg, out=str(run)), log=quiet)
     assert not (run / "summary.json").exists()
-    monkeypatch.setattr(loop, "evaluate", real)
+    monkeypatch.setattr(loop, "evaluate_split", real)
     summary = fit(TrainConfig(**cfg, out=str(run)), resume=True, log=quiet)
     assert (run / "summary.json").is_file() and summary["epochs"] == 1
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]

@@ -122,28 +122,13 @@ def print_summary(s: dict, out: Optional[str]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from .train.resume import check_resume, finished_message
-    finished = check_resume(cfg, args.resume)     # before anything is locked, loaded or written
-    if finished is not None:
-        if int(os.environ.get("RANK", "0")) == 0:   # torchrun: the other ranks stop quietly
-            print(finished_message(cfg.out, finished))
-        return 0
-    if cfg.out is None:
+    if cfg.out is None and not args.resume:     # --resume without --out: refused by fit, naming --out
         cfg.out = str(Path("runs") / f"{cfg.dataset}-{cfg.resolved().model}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .train.distributed import fit_distributed, launched_by_torchrun
-    if launched_by_torchrun():            # torchrun --nproc_per_node=N -m asge train ...: one rank of N
-        if cfg.pipeline > 1:
-            raise AsgeError("--pipeline and torchrun data parallelism cannot be combined; use one of them")
-        summary = fit_distributed(cfg, resume=args.resume)
-        if "rank" in summary:             # not the main rank: rank 0 prints and writes the run
-            return 0
-    elif cfg.pipeline > 1:
-        from .train.pipeline import fit_pipeline
-        summary = fit_pipeline(cfg, resume=args.resume)
-    else:
-        from .train import fit
-        summary = fit(cfg, resume=args.resume)
-    print_summary(summary, cfg.out)
+    from .train import fit
+    finished = []                         # a finished run: its one line is all there is to say
+    summary = fit(cfg, resume=args.resume, require_run=True, on_finished=finished.append)
+    if not finished and "rank" not in summary:      # torchrun: rank 0 prints
+        print_summary(summary, cfg.out)
     return 0
 
 

@@ -38,7 +38,7 @@ def refuse_overwrite(where: Path, what: str, existing: list[Path], force: bool) 
     ``ablate``): files that exist are replaced only with ``--force``. Without it, an AsgeError, one line,
     naming what ``where`` already holds (``what``, e.g. "a report", and the first ``existing`` files), before
     anything is written."""
-    from .errors import AsgeError
+    from ..errors import AsgeError
     if existing and not force:
         names = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
         raise AsgeError(f"{where} already holds {what} ({names}); pass --force to replace it, or choose "

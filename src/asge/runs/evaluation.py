@@ -18,7 +18,7 @@ CONFUSION_MAX_CLASSES = 100
 
 
 @torch.no_grad()
-def evaluate(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
+def evaluate_split(net: ASGENet, split, batch_size: int, device: torch.device, autocast=contextlib.nullcontext,
              channels_last: bool = False, world=None, progress: Optional[Progress] = None,
              should_stop: Optional[Callable[[], int]] = None, confusion: bool = False) -> dict:
     """Accuracy (percent) and mean cross-entropy of every block's a_l and of the Fusion and Last heads.

@@ -256,7 +256,7 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
                     on_epoch_end=None) -> dict:
     """``fit`` as one rank of a torchrun group. Rank 0 returns the summary, the others ``{"rank": r}``."""
     from .methods import METHODS
-    from .loop import fit
+    from .loop import train_run
     world = init_world(cfg)
     sync = GradSync()
 
@@ -269,7 +269,7 @@ def fit_distributed(cfg, *, resume: bool = False, log: Callable[[str], None] = p
         cfg = dataclasses.replace(cfg, progress="none")
         log = lambda *_: None  # noqa: E731
     try:
-        out = fit(cfg, resume=resume, log=log, method_factory=factory, world=world,
+        out = train_run(cfg, resume=resume, log=log, method_factory=factory, world=world,
                   on_epoch_end=on_epoch_end if world.is_main else None)
         # Leave together: a rank that tears the group down while rank 0 is still testing and writing
         # the summary can abort the process (gloo: "terminate called without an active exception").

@@ -1,10 +1,10 @@
-"""The epoch loop shared by ASGE and the backprop baseline: data, model, run directory, evaluation, test.
+"""The epoch loop shared by ASGE and the backprop baseline, for one process (or one data-parallel rank).
 
-``fit(cfg)`` is what ``asge train`` calls. The algorithm itself lives in ``local.py`` (and ``backprop.py``);
-this file only drives it: seeds every epoch, checkpoints atomically after every epoch, resumes bit-exactly,
-picks the best-validation checkpoint and tests it with every prediction strategy. Evaluation is
-``evaluation.py``, what a checkpoint holds and the ``--resume`` checks ``resume.py``, the progress display
-``progress.py``.
+:func:`train_run` reads top to bottom: set up (data, network, method), restore or start (``last.pt``, or
+``--init-from``), then per epoch train, validate and choose the best model (checkpoints after every epoch),
+and at the end test the best-validation model by every prediction strategy and write the summary. The
+algorithm itself lives in ``local.py`` (and ``backprop.py``); what a checkpoint holds and the ``--resume``
+checks in ``resume.py``; which mode runs (sequential, data-parallel, pipeline) in ``modes.py``.
 """
 from __future__ import annotations
 
@@ -12,23 +12,27 @@ import contextlib
 import copy
 import signal
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data import Data, Split
 from ..errors import AsgeError, CheckpointError, Preempted
+from ..nn.model import ASGENet
 from ..runs.build import build_model, load_run_data, resolve_device
 from ..runs.directory import RunDir, load_checkpoint, load_model_state, save_checkpoint
+from ..runs.evaluation import (CONFUSION_MAX_CLASSES, EvaluationStopped, evaluate_split, headline_strategy,
+                               output_rows, split_subset, strategy_scores)
 from ..runs.lock import RunLock
 from ..runs.preempt import StopSignals
-from ..runs.evaluation import (CONFUSION_MAX_CLASSES, EvaluationStopped, evaluate, headline_strategy, output_rows,
-                         split_subset, strategy_scores)
+from ..runs.progress import progress_for
 from .graphs import maybe_graphed
 from .local import autocast_for
-from ..runs.progress import progress_for
-from .resume import (check_resume, extends, finished_message, last_state, load_init_weights, mid_epoch_point,
+from .methods import METHODS
+from .resume import (RunState, best_checkpoint, extends, last_checkpoint, load_init_weights, mid_epoch_point,
                      rank_rng_state, rebuild_schedules)
 
 
@@ -76,49 +80,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
-        log: Callable[[str], None] = print, method_kwargs: Optional[dict] = None,
-        method_factory: Optional[Callable] = None, world=None) -> dict:
-    """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
-
-    With ``cfg.out`` everything is written to that run directory, which this process locks for the whole
-    run (:mod:`asge.runs.lock`: a second process on it stops at once, naming this one). ``resume=True``
-    continues its last checkpoint, written at an epoch's end or in the middle of one; a finished run's summary
-    is returned as it is, nothing recomputed or rewritten (:func:`check_resume`).
-    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written.
-
-    SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point, and raises
-    :class:`~asge.errors.Preempted` (:mod:`asge.runs.preempt`); ``cfg.checkpoint_every`` writes such mid-epoch
-    checkpoints every N steps as well.
-
-    Hooks for the pipelined and data-parallel modes (``pipeline.py``, ``distributed.py``):
-    ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``; ``world`` (see
-    ``distributed.World``) makes this one rank of a data-parallel group: every rank trains, evaluates and
-    tests its share of each batch, and makes every collective at the same point; only the main rank writes
-    the run directory.
-    """
-    cfg.validate()
-    from ..layers.context import check_context_options
-    check_context_options(cfg.context, cfg.context_options)   # before the data: one line, naming the keys
-    model_note = default_model_note(cfg)
-    cfg = cfg.resolved()
-    main = world is None or world.is_main
-    finished = check_resume(cfg, resume, require_run=False)
-    if finished is not None and world is None and method_factory is None:
-        log(finished_message(cfg.out, finished))
-        return finished
-    with contextlib.ExitStack() as held:
-        run = None
-        if cfg.out and main:
-            held.enter_context(RunLock(cfg.out, log=log))
-            run = RunDir(cfg.out)
-        stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
-        if model_note and main:
-            log(model_note)
-        return _train(cfg, run, stop, held, resume=resume, on_epoch_end=on_epoch_end, log=log,
-                      method_kwargs=method_kwargs, method_factory=method_factory, world=world)
-
-
 def default_model_note(cfg: TrainConfig) -> Optional[str]:
     """What a run without ``--model`` trains, in one line (None when ``--model`` was given)."""
     if cfg.model is not None:
@@ -152,38 +113,91 @@ def describe_data(data, val_images: int) -> list[str]:
 UNREADABLE_FILE = "unreadable.txt"
 
 
-def stop_signal(stop: StopSignals, world) -> int:
-    """The signal that asks this run to stop (0: none). Data-parallel ranks agree (a collective), and only
-    then does the main rank say so: when torchrun stops the survivors of a rank that died, the broken
-    collective names that rank instead (one line, not an announcement of a stop that cannot be made)."""
-    signum = stop.signum or 0
-    if world is None:
-        return signum
-    agreed = world.max_int(signum)
-    if agreed and world.is_main:
-        stop.announce_once(agreed)
-    return agreed
+def ready_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` validated (one line naming a bad key or context option, before any data is read) and resolved
+    (the preset's defaults filled in). Resolving a resolved config changes nothing."""
+    cfg.validate()
+    from ..layers.context import check_context_options
+    check_context_options(cfg.context, cfg.context_options)
+    return cfg.resolved()
 
 
-def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: contextlib.ExitStack, *, resume,
-           on_epoch_end, log, method_kwargs, method_factory, world) -> dict:
-    """``fit`` once the run directory is locked and the stop signals are caught; ``held`` closes what is
-    opened here (the TensorBoard file) however the run ends."""
-    from .methods import METHODS
+@dataclass
+class Session:
+    """What a run sets up once and every part of the loop reads: the config, the run directory (None: no
+    ``--out``, or not the main rank), the data-parallel ``world`` (None: one process), the data, the network,
+    the training method and the evaluation settings."""
+
+    cfg: TrainConfig
+    run: Optional[RunDir]
+    world: object
+    log: Callable[[str], None]
+    stop: StopSignals
+    device: torch.device
+    data: Data
+    val_split: Split
+    net: ASGENet
+    method: object
+    steps_per_epoch: int
+    drop_last: bool
+    autocast: Callable
+    eval_batch: int
+    board: object = None
+
+    @property
+    def main(self) -> bool:
+        return self.world is None or self.world.is_main
+
+    def stop_signal(self) -> int:
+        return stop_signal(self.stop, self.world)
+
+
+def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+              log: Callable[[str], None] = print, method_factory: Optional[Callable] = None, world=None) -> dict:
+    """Train by ``cfg`` (resolved and validated: :func:`asge.train.fit`) in this process, test the
+    best-validation model, return the summary dict (``{"rank": r}`` on a data-parallel rank other than 0).
+
+    The run directory ``cfg.out`` is locked for the whole run (:mod:`asge.runs.lock`); ``resume`` continues
+    its ``last.pt``. SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point
+    and raises :class:`~asge.errors.Preempted`. ``on_epoch_end(epoch, record)`` is called after each epoch's
+    checkpoint is written. ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``
+    (the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group.
+    """
+    cfg = ready_config(cfg)
+    with contextlib.ExitStack() as held:
+        run = None
+        if cfg.out and (world is None or world.is_main):
+            held.enter_context(RunLock(cfg.out, log=log))
+            run = RunDir(cfg.out)
+        stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
+        s = setup(cfg, run, world, log, stop, method_factory, resume)
+        state = restore_or_start(s, resume)
+        if cfg.tensorboard and run is not None:
+            from .tensorboard import TensorBoardLogger
+            s.board = held.enter_context(TensorBoardLogger(run.path))
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            train, seconds = train_epoch(s, state, epoch)
+            record = validate_and_choose(s, state, epoch, train, seconds)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            signum = s.stop_signal()
+            if signum:
+                raise preempted(s, signum, f"after epoch {epoch}/{cfg.epochs}")
+        return test_and_summarise(s, state)
+
+
+def setup(cfg: TrainConfig, run: Optional[RunDir], world, log, stop: StopSignals,
+          method_factory: Optional[Callable], resume: bool) -> Session:
+    """The device, the data (said in a line or two: how a folder tree is read, a small validation split),
+    the network built from the seed, the training method (graphed under ``--cuda-graphs``). A run directory
+    that holds a run is first checked: only ``--resume`` by the same configuration may continue it."""
     device = resolve_device(cfg.device) if world is None else world.device
     main = world is None or world.is_main
-    ckpt = None
     if run is not None and run.checkpoint_exists():
         if not resume:
-            raise AsgeError(f"{run.path} already holds a run; pass --resume to continue it, or choose "
-                            "another --out")
-        ckpt = load_checkpoint(run.last_checkpoint)
-        saved = TrainConfig.from_dict(ckpt["config"])
-        diff = "" if extends(cfg, saved) else cfg.differences(saved)
-        if diff:
-            raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the "
-                                  f"checkpoint's in {diff}")
-
+            raise AsgeError(f"{run.path} already holds a run; pass --resume to continue it, or choose another --out")
+        saved = TrainConfig.from_dict(load_checkpoint(run.last_checkpoint, mmap=True)["config"])
+        check_same_run(cfg, saved, run)
     data = load_run_data(cfg, device)
     val_split = split_subset(data.val, cfg.val_subset)       # fixed (seed 42): the same for every run
     if main:
@@ -196,183 +210,211 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
     drop_last = train_drop_last(net, cfg, len(data.train), log if main else (lambda _: None),
                                 1 if world is None else world.size)
     steps_per_epoch = data.train.num_batches(cfg.batch_size, drop_last)
-    method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device,
-                                                      **(method_kwargs or {}))
+    method = (method_factory or METHODS[cfg.method])(net, cfg, steps_per_epoch * cfg.epochs, device)
     method = maybe_graphed(method, cfg, device, world, log)     # --cuda-graphs (graphs.py)
-    autocast = autocast_for(cfg, device)
-    eval_batch = max(cfg.batch_size, 256)
+    return Session(cfg, run, world, log, stop, device, data, val_split, net, method, steps_per_epoch, drop_last,
+                   autocast_for(cfg, device), eval_batch=max(cfg.batch_size, 256))
 
-    start, best, best_state, train_seconds, images = 1, {"score": -1.0, "epoch": 0, "val": None}, None, 0.0, 0
-    partial, extensions, init = None, [], None
-    if world is not None:                 # every rank starts from the main rank's weights and checkpoint
-        ckpt = world.broadcast_object(ckpt)
-    if ckpt is None and cfg.init_from:    # before run.create: a bad source leaves nothing written
-        init = load_init_weights(net, cfg.init_from)
+
+def check_same_run(cfg: TrainConfig, saved: TrainConfig, run: RunDir) -> None:
+    """A run directory's checkpoint may be continued only by the configuration that wrote it (or by one that
+    asks for more epochs: an extension); anything else is refused in one line."""
+    diff = "" if extends(cfg, saved) else cfg.differences(saved)
+    if diff:
+        raise CheckpointError(f"cannot resume {run.path}: the configuration differs from the checkpoint's in {diff}")
+
+
+def restore_or_start(s: Session, resume: bool) -> RunState:
+    """Continue ``last.pt`` (weights, method, RNG, where it stopped; extended to more epochs when asked), or
+    start: ``--init-from`` weights, a new run directory. Every rank starts from the main rank's weights."""
+    cfg, run = s.cfg, s.run
+    ckpt = None
+    if run is not None and run.checkpoint_exists():     # setup checked it may be continued
+        ckpt = load_checkpoint(run.last_checkpoint)
+    if s.world is not None:
+        ckpt = s.world.broadcast_object(ckpt)
+    if ckpt is None:
+        state = RunState.new()
+        if cfg.init_from:                 # before run.create: a bad source leaves nothing written
+            state.init = load_init_weights(s.net, cfg.init_from)
+            if run is not None:
+                s.log(f"starting from the model weights of {state.init['path']} (epoch {state.init['epoch']}); "
+                      "optimizer and schedule are new")
         if run is not None:
-            log(f"starting from the model weights of {init['path']} (epoch {init['epoch']}); optimizer and "
-                "schedule are new")
-    if ckpt is not None:
-        load_model_state(net, ckpt["model"], cfg.out)
-        method.load_state_dict(ckpt["method"])
+            run.create(cfg)
+            run.truncate_metrics(0)
+    else:
+        state = RunState.from_checkpoint(ckpt)
+        load_model_state(s.net, ckpt["model"], cfg.out)
+        s.method.load_state_dict(ckpt["method"])
         RunDir.set_rng_state(ckpt.get("rng"))
-        start, best = ckpt["epoch"] + 1, ckpt["best"]
-        train_seconds, images = ckpt["train_seconds"], ckpt["images"]
-        partial = ckpt.get("partial")
-        extensions = list(ckpt.get("extensions") or [])
         if run is not None:
-            run.truncate_metrics(ckpt["epoch"])
-        log(f"resuming {cfg.out} " + (f"at step {partial['step']}/{steps_per_epoch} of epoch {partial['epoch']}"
-                                      if partial else f"after epoch {ckpt['epoch']}") + f"/{cfg.epochs}")
+            run.truncate_metrics(state.epoch)
+        p = state.partial
+        s.log(f"resuming {cfg.out} " + (f"at step {p['step']}/{s.steps_per_epoch} of epoch {p['epoch']}" if p
+                                        else f"after epoch {state.epoch}") + f"/{cfg.epochs}")
         saved_epochs = (ckpt.get("config") or {}).get("epochs")
-        if isinstance(saved_epochs, int) and saved_epochs < cfg.epochs:     # --resume --epochs N: extend
-            if cfg.pipeline > 1:
-                raise AsgeError("extending a run (--epochs beyond its own) is not supported with --pipeline; "
-                                "extend it without --pipeline")
-            lr_before = method.lrs()
-            step = rebuild_schedules(method, steps_per_epoch * cfg.epochs)
-            lr_after = method.lrs()
-            extensions.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs, "at_step": step,
-                               "lr_before": lr_before, "lr_after": lr_after})
-            text = lambda lrs: ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())  # noqa: E731
-            log(f"extending {cfg.out} from {saved_epochs} to {cfg.epochs} epochs: the cosine schedule is rebuilt "
-                f"over the new total ({steps_per_epoch * cfg.epochs} steps), so at step {step} the learning "
-                f"rates go from {text(lr_before)} back up to {text(lr_after)}, then decay to {cfg.min_lr:g} by "
-                f"epoch {cfg.epochs} (not the same as a run asked for {cfg.epochs} epochs from the start)")
-            if run is not None:
-                run.create(cfg)           # config.yaml records the new length (a later --resume reads it)
-    elif run is not None:
-        run.create(cfg)
-        run.truncate_metrics(0)
-    if run is not None and data.unreadable:
-        (run.path / UNREADABLE_FILE).write_text("".join(line + "\n" for line in data.unreadable))
-    if world is not None:
-        world.broadcast_module(net)
+        if isinstance(saved_epochs, int) and saved_epochs < cfg.epochs:     # --resume --epochs N
+            extend(s, state, saved_epochs)
+    if run is not None and s.data.unreadable:
+        (run.path / UNREADABLE_FILE).write_text("".join(line + "\n" for line in s.data.unreadable))
+    if s.world is not None:
+        s.world.broadcast_module(s.net)
+    return state
 
-    board = None
-    if cfg.tensorboard and run is not None:
-        from .tensorboard import TensorBoardLogger
-        board = held.enter_context(TensorBoardLogger(run.path))
 
-    def preempted(signum: int, where: str) -> Preempted:
-        again = ("the same torchrun command with --resume" if world is not None
-                 else f"asge train --out {cfg.out} --resume")
-        hint = f"{run.last_checkpoint} holds that point; continue with: {again}" if run is not None else \
-            "nothing was saved (no --out)"
-        return Preempted(f"stopped by {signal.Signals(signum).name} {where}", signum, hint, report=main)
+def extend(s: Session, state: RunState, saved_epochs: int) -> None:
+    """``--resume --epochs N`` beyond a run's own: rebuild the cosine schedules over the new total, say what
+    that does to the learning rates, record it, and write the new length to config.yaml."""
+    cfg = s.cfg
+    if cfg.pipeline > 1:
+        raise AsgeError("extending a run (--epochs beyond its own) is not supported with --pipeline; "
+                        "extend it without --pipeline")
+    total = s.steps_per_epoch * cfg.epochs
+    lr_before = s.method.lrs()
+    step = rebuild_schedules(s.method, total)
+    lr_after = s.method.lrs()
+    state.extensions.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs, "at_step": step,
+                             "lr_before": lr_before, "lr_after": lr_after})
+    text = lambda lrs: ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())  # noqa: E731
+    s.log(f"extending {cfg.out} from {saved_epochs} to {cfg.epochs} epochs: the cosine schedule is rebuilt over "
+          f"the new total ({total} steps), so at step {step} the learning rates go from {text(lr_before)} back "
+          f"up to {text(lr_after)}, then decay to {cfg.min_lr:g} by epoch {cfg.epochs} (not the same as a run "
+          f"asked for {cfg.epochs} epochs from the start)")
+    if s.run is not None:
+        s.run.create(cfg)                 # config.yaml records the new length (a later --resume reads it)
 
-    finite_every = max(1, steps_per_epoch // 4)   # NaN/inf checks: the same steps on every rank and option
-    for epoch in range(start, cfg.epochs + 1):
-        seed = epoch_seed(cfg.seed, epoch)
-        rng_seed = seed if world is None else world.rng_seed(seed)   # data order: seed; dropout: rng_seed
-        torch.manual_seed(rng_seed)
-        if hasattr(method, "start_epoch"):
-            method.start_epoch(rng_seed)
-        net.train()
-        method.reset_stats()
-        first, seconds_before = 0, 0.0
-        if partial is not None:               # resuming in the middle of this epoch
-            first, seconds_before = partial["step"], partial["seconds"]
-            method.load_stats_state(partial["stats"])
-            RunDir.set_rng_state(rank_rng_state(partial["rng"], world))
-            partial = None
-        bar = progress_for(cfg, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
-        t0 = time.perf_counter()
-        try:
-            for step, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, augment=True,
-                                                             seed=seed, device=device, drop_last=drop_last,
-                                                             start=first), first):
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                method.train_step(x, y, step)
-                if (step + 1) % finite_every == 0:
-                    method.check_finite(epoch)
-                if bar.wants(step):
-                    bar.update(step, method.running())
-                signum = stop_signal(stop, world)
-                periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
-                if signum or (periodic and step + 1 < steps_per_epoch):
-                    method.check_finite(epoch)
-                    mid = mid_epoch_point(method, world, epoch, step + 1, seconds_before + time.perf_counter() - t0)
-                    if run is not None:
-                        save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
-                                                                        train_seconds, images, partial=mid,
-                                                                        extensions=extensions))
-                if signum:
-                    if world is not None:
-                        world.barrier()   # no rank leaves before the main rank's checkpoint is written
-                    raise preempted(signum, f"after step {step + 1}/{steps_per_epoch} of epoch {epoch}/{cfg.epochs}")
-            method.check_finite(epoch)
-            train = method.epoch_stats()      # host sync: the epoch's work is done
-        finally:
-            bar.close()
-        seconds = seconds_before + time.perf_counter() - t0
-        val = None
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:     # the last epoch is always validated
-            bar = progress_for(cfg, val_split.num_batches(eval_batch), f"validate {epoch}/{cfg.epochs}")
-            try:
-                val = evaluate(net, val_split, eval_batch, device, autocast, cfg.channels_last, world=world,
-                               progress=bar, should_stop=lambda: stop_signal(stop, world))
-            except EvaluationStopped as e:    # the epoch is trained: keep it, validate it on --resume
-                mid = mid_epoch_point(method, world, epoch, steps_per_epoch, seconds)
-                if run is not None:
-                    save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch - 1, best,
-                                                                    train_seconds, images, partial=mid,
-                                                                    extensions=extensions))
-                if world is not None:
-                    world.barrier()
-                raise preempted(e.signum, f"while validating epoch {epoch}/{cfg.epochs} (its training is "
-                                          "saved; --resume validates it)") from None
-            finally:
-                bar.close()
-        train_seconds += seconds
-        images += method.seen
-        record = {"epoch": epoch, "train": train, "lr": method.lrs(), "seconds": seconds,
-                  "images_per_second": method.seen / max(seconds, 1e-9)}
-        if val is not None:
-            scores = strategy_scores(cfg.method, val)
-            record.update(val=val, val_strategy=scores)
-        if val is not None and scores[headline_strategy(cfg.method)] > best["score"]:
-            score = scores[headline_strategy(cfg.method)]
-            best = {"score": score, "epoch": epoch, "val": val}
-            if run is not None:
-                save_checkpoint(run.best_checkpoint, {"epoch": epoch, "config": cfg.to_dict(),
-                                                      "data": data.info.to_dict(), "model": net.state_dict()})
-            elif main:
-                best_state = copy.deepcopy(net.state_dict())
-        if run is not None:
-            run.append_metrics(record)
-            save_checkpoint(run.last_checkpoint, last_state(cfg, net, method, epoch, best, train_seconds, images,
-                                                            extensions=extensions))
-        if board is not None:
-            board.log_epoch(epoch, record)
-        log(format_epoch(cfg, record))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-        signum = stop_signal(stop, world)
-        if signum:
-            raise preempted(signum, f"after epoch {epoch}/{cfg.epochs}")
 
-    # Test the best-validation model with every strategy.
-    if run is not None:
-        load_model_state(net, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint)
-    elif best_state is not None:
-        net.load_state_dict(best_state)
-    if world is not None:
-        world.broadcast_module(net)
-    bar = progress_for(cfg, data.test.num_batches(eval_batch), "test")
-    if main and bar.mode == "lines":
-        log(f"testing the best-validation model (epoch {best['epoch']}) on {len(data.test)} images")
+def train_epoch(s: Session, state: RunState, epoch: int) -> tuple[dict, float]:
+    """One epoch of training steps (from where a mid-epoch checkpoint stopped, if it did). Every epoch's
+    randomness comes from (seed, epoch); a stop signal or ``--checkpoint-every`` writes a mid-epoch
+    checkpoint. Returns (the epoch's training statistics, its seconds)."""
+    cfg, method = s.cfg, s.method
+    seed = epoch_seed(cfg.seed, epoch)
+    rng_seed = seed if s.world is None else s.world.rng_seed(seed)   # data order: seed; dropout: rng_seed
+    torch.manual_seed(rng_seed)
+    if hasattr(method, "start_epoch"):
+        method.start_epoch(rng_seed)
+    s.net.train()
+    method.reset_stats()
+    first, seconds_before = 0, 0.0
+    if state.partial is not None:         # resuming in the middle of this epoch
+        first, seconds_before = state.partial["step"], state.partial["seconds"]
+        method.load_stats_state(state.partial["stats"])
+        RunDir.set_rng_state(rank_rng_state(state.partial["rng"], s.world))
+        state.partial = None
+    finite_every = max(1, s.steps_per_epoch // 4)   # NaN/inf checks: the same steps on every rank and option
+    bar = progress_for(cfg, s.steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
+    t0 = time.perf_counter()
     try:
-        test = evaluate(net, data.test, eval_batch, device, autocast, cfg.channels_last, world=world,
-                        progress=bar, confusion=net.num_classes <= CONFUSION_MAX_CLASSES,
-                        should_stop=lambda: stop_signal(stop, world))
-    except EvaluationStopped as e:        # training is done and checkpointed: --resume only tests
-        raise preempted(e.signum, "while testing the best-validation model (training is finished and saved; "
-                                  "--resume tests it)") from None
+        batches = s.data.train.batches(cfg.batch_size, shuffle=True, augment=True, seed=seed, device=s.device,
+                                       drop_last=s.drop_last, start=first)
+        for step, (x, y) in enumerate(batches, first):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            method.train_step(x, y, step)
+            if (step + 1) % finite_every == 0:
+                method.check_finite(epoch)
+            if bar.wants(step):
+                bar.update(step, method.running())
+            signum = s.stop_signal()
+            periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+            if signum or (periodic and step + 1 < s.steps_per_epoch):
+                method.check_finite(epoch)
+                save_mid_epoch(s, state, epoch, step + 1, seconds_before + time.perf_counter() - t0)
+            if signum:
+                raise preempted(s, signum, f"after step {step + 1}/{s.steps_per_epoch} of epoch {epoch}/{cfg.epochs}")
+        method.check_finite(epoch)
+        train = method.epoch_stats()      # host sync: the epoch's work is done
     finally:
         bar.close()
-    if not main:
-        return {"rank": world.rank}
+    return train, seconds_before + time.perf_counter() - t0
+
+
+def save_mid_epoch(s: Session, state: RunState, epoch: int, steps_done: int, seconds: float) -> None:
+    """A checkpoint of the point ``steps_done`` steps into ``epoch`` (a collective on data-parallel ranks)."""
+    mid = mid_epoch_point(s.method, s.world, epoch, steps_done, seconds)
+    if s.run is not None:
+        save_checkpoint(s.run.last_checkpoint, last_checkpoint(s.cfg, s.net, s.method, state, partial=mid))
+
+
+def validate_and_choose(s: Session, state: RunState, epoch: int, train: dict, seconds: float) -> dict:
+    """Validate the epoch (every ``--val-every`` epochs and always the last), keep the best model by the
+    headline strategy's validation accuracy, write the epoch's record and ``last.pt``. Returns the record."""
+    cfg, method = s.cfg, s.method
+    val = None
+    if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+        bar = progress_for(cfg, s.val_split.num_batches(s.eval_batch), f"validate {epoch}/{cfg.epochs}")
+        try:
+            val = evaluate_split(s.net, s.val_split, s.eval_batch, s.device, s.autocast, cfg.channels_last,
+                                 world=s.world, progress=bar, should_stop=s.stop_signal)
+        except EvaluationStopped as e:    # the epoch is trained: keep it, validate it on --resume
+            save_mid_epoch(s, state, epoch, s.steps_per_epoch, seconds)
+            if s.world is not None:
+                s.world.barrier()
+            raise preempted(s, e.signum, f"while validating epoch {epoch}/{cfg.epochs} (its training is saved; "
+                                         "--resume validates it)") from None
+        finally:
+            bar.close()
+    state.epoch, state.train_seconds, state.images = epoch, state.train_seconds + seconds, state.images + method.seen
+    record = {"epoch": epoch, "train": train, "lr": method.lrs(), "seconds": seconds,
+              "images_per_second": method.seen / max(seconds, 1e-9)}
+    if val is not None:
+        scores = strategy_scores(cfg.method, val)
+        record.update(val=val, val_strategy=scores)
+        if scores[headline_strategy(cfg.method)] > state.best["score"]:
+            state.best = {"score": scores[headline_strategy(cfg.method)], "epoch": epoch, "val": val}
+            if s.run is not None:
+                save_checkpoint(s.run.best_checkpoint, best_checkpoint(cfg, s.data.info, s.net, epoch))
+            elif s.main:
+                state.best_weights = copy.deepcopy(s.net.state_dict())
+    if s.run is not None:
+        s.run.append_metrics(record)
+        save_checkpoint(s.run.last_checkpoint, last_checkpoint(cfg, s.net, method, state))
+    if s.board is not None:
+        s.board.log_epoch(epoch, record)
+    s.log(format_epoch(cfg, record))
+    return record
+
+
+def test_and_summarise(s: Session, state: RunState) -> dict:
+    """Test the best-validation model by every strategy (l* chosen on validation), write ``best.pt`` with l*
+    and ``summary.json``; return the summary (``{"rank": r}`` on the other data-parallel ranks)."""
+    cfg, net = s.cfg, s.net
+    if s.run is not None:
+        load_model_state(net, load_checkpoint(s.run.best_checkpoint)["model"], s.run.best_checkpoint)
+    elif state.best_weights is not None:
+        net.load_state_dict(state.best_weights)
+    if s.world is not None:
+        s.world.broadcast_module(net)
+    bar = progress_for(cfg, s.data.test.num_batches(s.eval_batch), "test")
+    if s.main and bar.mode == "lines":
+        s.log(f"testing the best-validation model (epoch {state.best['epoch']}) on {len(s.data.test)} images")
+    try:
+        test = evaluate_split(net, s.data.test, s.eval_batch, s.device, s.autocast, cfg.channels_last,
+                              world=s.world, progress=bar, confusion=net.num_classes <= CONFUSION_MAX_CLASSES,
+                              should_stop=s.stop_signal)
+    except EvaluationStopped as e:        # training is done and checkpointed: --resume only tests
+        raise preempted(s, e.signum, "while testing the best-validation model (training is finished and saved; "
+                                     "--resume tests it)") from None
+    finally:
+        bar.close()
+    if not s.main:
+        return {"rank": s.world.rank}
+    summary = summarise(s, state, test)
+    if s.run is not None:
+        save_checkpoint(s.run.best_checkpoint, best_checkpoint(cfg, s.data.info, net, state.best["epoch"]))
+        s.run.write_summary(summary)
+    if s.board is not None:
+        s.board.log_summary(summary, cfg.to_dict())
+    return summary
+
+
+def summarise(s: Session, state: RunState, test: dict) -> dict:
+    """summary.json: test accuracy by strategy (and per block, with l* set on the network), the best epoch,
+    the data as read, parameters, provenance, time. Sets ``net.best_block`` to l* (ASGE)."""
+    from ..runs.provenance import device_name, provenance
+    cfg, net, data, best = s.cfg, s.net, s.data, state.best
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
@@ -391,31 +433,46 @@ def _train(cfg: TrainConfig, run: Optional[RunDir], stop: StopSignals, held: con
         net.best_block.fill_(l_star)
         summary["test_accuracy"]["best"] = test["block_acc"][l_star - 1]
         summary.update(block_test_accuracy=test["block_acc"], block_val_accuracy=best["val"]["block_acc"],
-                       best_block=l_star, best_compute_fraction=net.compute_fraction(l_star),
-                       parameters=counts)
+                       best_block=l_star, best_compute_fraction=net.compute_fraction(l_star), parameters=counts)
     else:
         summary.update(block_test_accuracy=[], best_block=None,
                        parameters={"blocks": counts["blocks"], "last": counts["last"]})
     if "confusion" in test:               # rows = true class, columns = predicted, on the test split
         rows = output_rows(len(net.blocks), summary.get("best_block") or 0)
         summary["test_confusion"] = {k: test["confusion"][rows[k]].tolist() for k in summary["test_accuracy"]}
-    from ..runs.provenance import device_name, provenance
-    summary["device_name"] = device_name(device)
-    from .resume import command_history
-    summary["provenance"] = provenance(cfg, data, device, commands=command_history(cfg))
+    summary["device_name"] = device_name(s.device)
+    summary["provenance"] = provenance(cfg, data, s.device, commands=state.commands)
     if cfg.init_from:
-        summary["init_from"] = {k: v for k, v in (init or {}).items() if k != "config"} or {"path": cfg.init_from}
-    if extensions:
-        summary["extensions"] = extensions
-    summary.update(train_seconds=train_seconds, images_per_second=images / max(train_seconds, 1e-9),
-                   device=str(device), torch=torch.__version__)
-    if run is not None:
-        save_checkpoint(run.best_checkpoint, {"epoch": best["epoch"], "config": cfg.to_dict(),
-                                              "data": data.info.to_dict(), "model": net.state_dict()})
-        run.write_summary(summary)
-    if board is not None:
-        board.log_summary(summary, cfg.to_dict())
+        summary["init_from"] = {k: v for k, v in (state.init or {}).items() if k != "config"} or \
+            {"path": cfg.init_from}
+    if state.extensions:
+        summary["extensions"] = state.extensions
+    summary.update(train_seconds=state.train_seconds,
+                   images_per_second=state.images / max(state.train_seconds, 1e-9), device=str(s.device),
+                   torch=torch.__version__)
     return summary
+
+
+def preempted(s: Session, signum: int, where: str) -> Preempted:
+    """The error a stop signal ends the run with, saying where it stopped and how to continue."""
+    again = "the same torchrun command with --resume" if s.world is not None else \
+        f"asge train --out {s.cfg.out} --resume"
+    hint = f"{s.run.last_checkpoint} holds that point; continue with: {again}" if s.run is not None else \
+        "nothing was saved (no --out)"
+    return Preempted(f"stopped by {signal.Signals(signum).name} {where}", signum, hint, report=s.main)
+
+
+def stop_signal(stop: StopSignals, world) -> int:
+    """The signal that asks this run to stop (0: none). Data-parallel ranks agree (a collective), and only
+    then does the main rank say so: when torchrun stops the survivors of a rank that died, the broken
+    collective names that rank instead (one line, not an announcement of a stop that cannot be made)."""
+    signum = stop.signum or 0
+    if world is None:
+        return signum
+    agreed = world.max_int(signum)
+    if agreed and world.is_main:
+        stop.announce_once(agreed)
+    return agreed
 
 
 def format_epoch(cfg: TrainConfig, r: dict) -> str:

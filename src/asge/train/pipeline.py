@@ -375,9 +375,9 @@ class PipelineLearning(_Stage):
 
 def fit_pipeline(cfg, *, resume: bool = False, log=print, threads: Optional[int] = None, on_epoch_end=None) -> dict:
     """``fit`` with the blocks split over ``cfg.pipeline`` processes (ASGE only)."""
-    from .loop import fit
+    from .loop import train_run
     if cfg.pipeline < 2:
-        return fit(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end)
+        return train_run(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end)
     if cfg.method != "asge":
         raise AsgeError("--pipeline needs --method asge: backprop cannot hand a block's output on before the "
                         "whole network's backward")
@@ -389,7 +389,7 @@ def fit_pipeline(cfg, *, resume: bool = False, log=print, threads: Optional[int]
 
     ok = False
     try:
-        summary = fit(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end, method_factory=factory)
+        summary = train_run(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end, method_factory=factory)
         ok = True
     finally:
         if "m" in holder:

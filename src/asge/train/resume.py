@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config import TrainConfig
+from ..data import DatasetInfo
 from ..errors import AsgeError, CheckpointError
 from ..nn.model import ASGENet
 from ..runs.directory import RunDir, load_checkpoint, load_model_state
@@ -62,14 +63,10 @@ def load_init_weights(net: ASGENet, source: str) -> dict:
     return {"path": str(path.resolve()), "epoch": ckpt.get("epoch"), "config": ckpt.get("config")}
 
 
-#: The command history of the run each ``fit`` of this process is training, by resolved run directory: set
-#: when the run starts (:func:`check_resume`), read by :func:`last_state` and the summary's provenance.
-_HISTORIES: dict[Path, list[dict]] = {}
-
-
 def command_entry(at_epoch: int, at_step: Optional[int] = None) -> dict:
-    """This process's entry of a command history: ``{"command": sys.argv, "at_epoch": the epochs completed
-    when it started, "at_step": the step within the next epoch (a mid-epoch checkpoint only), "time"}``."""
+    """This process's entry of a run's command history: ``{"command": sys.argv, "at_epoch": the epochs
+    completed when it started, "at_step": the step within the next epoch (a mid-epoch checkpoint only),
+    "time"}``."""
     entry = {"command": list(sys.argv), "at_epoch": at_epoch}
     if at_step:
         entry["at_step"] = at_step
@@ -77,46 +74,63 @@ def command_entry(at_epoch: int, at_step: Optional[int] = None) -> dict:
     return entry
 
 
-def begin_history(cfg: TrainConfig, resume: bool) -> None:
-    """Start the command history of the run in ``cfg.out`` that this process trains: the history its
-    ``last.pt`` carries (when resuming one) followed by this command. A checkpoint written before histories
-    were recorded gives a first entry whose command is None (the command that started the run is unknown)."""
-    if not cfg.out:
-        return
-    run = RunDir(cfg.out)
-    history, at_epoch, at_step = [], 0, None
-    if resume and run.checkpoint_exists():
-        try:
-            ckpt = load_checkpoint(run.last_checkpoint, mmap=True)    # the weights are mapped, not read
-        except CheckpointError:
-            ckpt = {}                     # damaged: fit says so when it loads it
+@dataclass
+class RunState:
+    """What a run has done so far: what ``last.pt`` holds besides the weights, and what a resumed run takes
+    back from it. ``epoch`` is the last completed epoch; ``partial`` where a mid-epoch checkpoint stopped
+    ({epoch, step, stats, rng, seconds}); ``extensions`` the ``--resume --epochs N`` extensions;
+    ``commands`` the command history (the command that started the run, then each that resumed it);
+    ``best_weights`` the best model's weights when the run has no directory to hold ``best.pt``."""
+
+    epoch: int = 0
+    best: dict = field(default_factory=lambda: {"score": -1.0, "epoch": 0, "val": None})
+    train_seconds: float = 0.0
+    images: int = 0
+    partial: Optional[dict] = None
+    extensions: list = field(default_factory=list)
+    commands: list = field(default_factory=list)
+    init: Optional[dict] = None
+    best_weights: Optional[dict] = None
+
+    @classmethod
+    def new(cls) -> "RunState":
+        return cls(commands=[command_entry(0)])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "RunState":
+        """The state ``last.pt`` saved, with this process's command appended to its history (a checkpoint
+        written before histories were recorded gives a first entry whose command is None)."""
+        partial = ckpt.get("partial")
         history = list(ckpt.get("commands") or [{"command": None, "at_epoch": 0, "time": None}])
-        at_epoch, at_step = ckpt.get("epoch", 0), (ckpt.get("partial") or {}).get("step")
-    _HISTORIES[Path(cfg.out).resolve()] = history + [command_entry(at_epoch, at_step)]
+        return cls(epoch=ckpt["epoch"], best=ckpt["best"], train_seconds=ckpt["train_seconds"],
+                   images=ckpt["images"], partial=partial, extensions=list(ckpt.get("extensions") or []),
+                   commands=history + [command_entry(ckpt["epoch"], (partial or {}).get("step"))])
 
 
-def command_history(cfg: TrainConfig) -> Optional[list[dict]]:
-    """The command history of the run in ``cfg.out`` that this process trains (see :func:`begin_history`);
-    None when none was begun (no run directory)."""
-    out = getattr(cfg, "out", None)
-    return _HISTORIES.get(Path(out).resolve()) if out else None
+def last_checkpoint(cfg: TrainConfig, net: ASGENet, method, state: RunState,
+                    partial: Optional[dict] = None) -> dict:
+    """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after
+    ``state.epoch``, or from ``partial`` within the next epoch (:func:`mid_epoch_point`)."""
+    ckpt = {"epoch": state.epoch, "config": cfg.to_dict(), "model": net.state_dict(),
+            "method": method.state_dict(), "rng": RunDir.rng_state(), "best": state.best,
+            "train_seconds": state.train_seconds, "images": state.images, "commands": state.commands}
+    if partial is not None:
+        ckpt["partial"] = partial
+    if state.extensions:
+        ckpt["extensions"] = state.extensions
+    return ckpt
+
+
+def best_checkpoint(cfg: TrainConfig, info: DatasetInfo, net: ASGENet, epoch: int) -> dict:
+    """What ``checkpoints/best.pt`` holds: the best-validation model, its epoch, config and data."""
+    return {"epoch": epoch, "config": cfg.to_dict(), "data": info.to_dict(), "model": net.state_dict()}
 
 
 def check_resume(cfg: TrainConfig, resume: bool, require_run: bool = True) -> Optional[dict]:
     """What ``--resume`` finds in ``cfg.out``, before anything is locked or written: None when there is a run
     to continue (or ``resume`` is False); the run's summary when it has finished (nothing to do: the caller
     says so and stops); an AsgeError, one line, when there is no run to resume (``require_run``, the
-    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there).
-
-    When it returns None, the run's command history is begun (:func:`begin_history`)."""
-    finished = _check_resume(cfg, resume, require_run)
-    if finished is None:
-        begin_history(cfg, resume)
-    return finished
-
-
-def _check_resume(cfg: TrainConfig, resume: bool, require_run: bool) -> Optional[dict]:
-    """:func:`check_resume`'s checks."""
+    command line's ``--resume``; else, as ``fit(resume=True)`` from Python, a new run starts there)."""
     if not resume or (not require_run and not (cfg.out and RunDir(cfg.out).checkpoint_exists())):
         return None
     if not cfg.out:
@@ -154,24 +168,6 @@ def finished_message(out, summary: dict) -> str:
     what = f", test accuracy {head} {acc[head]:.2f}%" if head in acc else ""
     epochs = summary.get("epochs", "?")
     return f"{out} is a finished run ({epochs} epoch{'' if epochs == 1 else 's'}{what}): nothing to resume"
-
-
-def last_state(cfg: TrainConfig, net: ASGENet, method, epoch: int, best: dict, train_seconds: float, images: int,
-               partial: Optional[dict] = None, extensions: Optional[list] = None) -> dict:
-    """What ``checkpoints/last.pt`` holds: all a resumed run needs to continue bit-exactly after ``epoch``
-    (the last completed one), or from ``partial`` = {epoch, step, stats, rng, seconds} within the next;
-    ``extensions``: the run's ``--resume --epochs N`` extensions so far; ``commands``: the run's command
-    history (:func:`command_history`), which the next process that resumes it continues."""
-    state = {"epoch": epoch, "config": cfg.to_dict(), "model": net.state_dict(), "method": method.state_dict(),
-             "rng": RunDir.rng_state(), "best": best, "train_seconds": train_seconds, "images": images}
-    history = command_history(cfg)
-    if history:
-        state["commands"] = history
-    if partial is not None:
-        state["partial"] = partial
-    if extensions:
-        state["extensions"] = extensions
-    return state
 
 
 def rank_rng_state(saved, world) -> Optional[dict]:

@@ -11,7 +11,7 @@ from ..errors import RunDirError
 from ..nn.heads import STRATEGIES
 from .inference import check_run_strategy, open_best_checkpoint
 from ..runs.directory import RunDir, load_model_state
-from ..runs.evaluation import evaluate, output_rows
+from ..runs.evaluation import evaluate_split, output_rows
 from ..runs.build import build_model, load_run_data, resolve_device
 
 
@@ -22,7 +22,7 @@ def confusion_matrices(net, split, strategies, batch_size: int, device, progress
     l_star = int(net.best_block)
     if "best" in strategies and l_star < 1:
         raise RuntimeError("the best block has not been chosen yet")
-    counts = evaluate(net, split, batch_size, device, progress=progress, confusion=True)["confusion"]
+    counts = evaluate_split(net, split, batch_size, device, progress=progress, confusion=True)["confusion"]
     rows = output_rows(len(net.blocks), l_star)
     return {s: counts[rows[s]] for s in strategies}
 
