@@ -122,7 +122,7 @@ def check_strategy_available(net: ASGENet, strategy: str) -> str:
     return strategy
 
 
-def load_run(path: Union[str, Path], device="cpu") -> ASGENet:
+def network_from_run(path: Union[str, Path], device="cpu") -> ASGENet:
     """The best-validation network of a run directory (``checkpoints/best.pt``). For a run that has not
     finished, l* is chosen on validation (:func:`open_best_checkpoint`) and ``net.load_note`` says so."""
     from ..runs.build import build_model
@@ -155,7 +155,7 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict, dict]:
     return state, json.loads(meta["asge"])
 
 
-def load_safetensors(path: Union[str, Path], device="cpu") -> ASGENet:
+def network_from_safetensors(path: Union[str, Path], device="cpu") -> ASGENet:
     """The network of a file written by ``asge export --format safetensors``."""
     from ..runs.build import build_model
     state, header = read_safetensors(path)
@@ -171,12 +171,12 @@ def load(path: Union[str, Path], device="cpu") -> ASGENet:
     ``.classes``, ``.preprocess(images)``, ``.predict(batch, strategy=...)``, ``.config`` and ``.summary``."""
     p = Path(path)
     if p.is_dir():
-        return load_run(p, device)
+        return network_from_run(p, device)
     if p.is_file() and p.suffix == ".safetensors":
-        return load_safetensors(p, device)
+        return network_from_safetensors(p, device)
     raise RunDirError(f"{p} is neither a run directory nor a .safetensors file written by `asge export`")
 
 
-__all__ = ["load", "load_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available",
-           "load_safetensors", "read_safetensors", "data_info", "default_strategy",
+__all__ = ["load", "network_from_run", "open_best_checkpoint", "validation_best_block", "check_strategy_available",
+           "network_from_safetensors", "read_safetensors", "data_info", "default_strategy",
            "check_run_strategy", "SAFETENSORS_FORMAT"]
