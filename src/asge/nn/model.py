@@ -1,4 +1,5 @@
-"""ASGENet: a stack of ASGE blocks, their local scores, and the three prediction strategies."""
+"""ASGENet: a stack of ASGE blocks (or of modules cut from any network), their local scores, and the three
+prediction strategies."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -9,11 +10,14 @@ from torch import nn
 from .block import ASGEBlock
 from .goodness import partition_factor
 from .heads import Heads, check_strategy
+from .local_module import LocalModule
 from .presets import get_preset, scale_channels
+from .split import trace_chain
 
 
 class ASGENet(nn.Module):
-    """VGG-style stack of :class:`ASGEBlock`, plus Last/Fusion heads and the Best-block choice.
+    """VGG-style stack of :class:`ASGEBlock` (or, by :meth:`from_modules`, any chain of modules each trained by
+    its own local rule), plus Last/Fusion heads and the Best-block choice.
 
     Args:
         channels: width of each block; downsample: whether each block pools 2x2 on the way out.
@@ -50,7 +54,6 @@ class ASGENet(nn.Module):
             bad = [b for b in context_blocks if not 1 <= b <= len(channels)]
             if bad:
                 raise ValueError(f"context_blocks {bad} out of range 1..{len(channels)}")
-        self.num_classes, self.image_size, self.alpha = num_classes, image_size, alpha
         generator = torch.Generator().manual_seed(seed)
         blocks, size, c_in = [], image_size, in_channels
         for i, (c, down) in enumerate(zip(channels, downsample)):
@@ -66,9 +69,19 @@ class ASGENet(nn.Module):
                 dropout=dropout, goodness=goodness, head_features=head_features, first=(i == 0), generator=generator,
                 projection=projection, device=device, dtype=dtype))
             c_in, size = c, blocks[-1].out_size
+        self._assemble(blocks, num_classes=num_classes, image_size=image_size, alpha=alpha, fusion_from=fusion_from,
+                       generator=generator, device=device, dtype=dtype)
+
+    def _assemble(self, blocks: Sequence[nn.Module], *, num_classes: int, image_size: int, alpha: float,
+                  fusion_from: int, generator: torch.Generator, device=None, dtype=None) -> None:
+        """What every ASGENet has around its blocks (ASGE blocks or :class:`LocalModule`): the blocks, the
+        Last/Fusion heads on their output channels (drawn from ``generator`` after the blocks), the
+        ``best_block`` buffer."""
+        self.num_classes, self.image_size, self.alpha = num_classes, image_size, alpha
         self.blocks = nn.ModuleList(blocks)
-        self.heads = Heads(list(channels), num_classes, generator, feature_dims=[b.head_dim for b in blocks],
-                           fusion_from=fusion_from, device=device, dtype=dtype)
+        self.heads = Heads([b.out_channels for b in blocks], num_classes, generator,
+                           feature_dims=[b.head_dim for b in blocks], fusion_from=fusion_from, device=device,
+                           dtype=dtype)
         self.register_buffer("best_block", torch.zeros((), dtype=torch.long, device=device))
 
     @classmethod
@@ -78,6 +91,45 @@ class ASGENet(nn.Module):
         p = get_preset(name)
         return cls(scale_channels(p["channels"], width), p["downsample"], in_channels=in_channels,
                    num_classes=num_classes, image_size=image_size or p["image_size"], **kwargs)
+
+    @classmethod
+    def from_modules(cls, modules: Sequence[nn.Module], *, in_channels: int, image_size: int, num_classes: int,
+                     alpha: float = 1.0, goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
+                     projection: str = "fixed", rule: str = "asge", seed: int = 0) -> "ASGENet":
+        """An ASGENet whose blocks are ``modules`` (any chain: module k's output is module k+1's input, each
+        a (B, C, H, W) map), each wrapped in a :class:`LocalModule` with its own local ``rule``.
+
+        Shapes are found by one dry run of a (2, ``in_channels``, ``image_size``, ``image_size``) input through
+        the chain, in eval mode without gradients (every module's train/eval mode is restored), which also
+        measures each module's multiply-accumulates (:func:`asge.nn.split.trace_chain`). Module k's
+        partition is ``P_k = partition_factor(C_k, C_K, alpha, min(H_k, W_k))`` from its output channels C_k
+        and the last module's C_K. ``seed`` draws the rules' projections, then the heads, in module order;
+        the modules' own parameters are as given (seed torch before building them). The rules and heads are
+        drawn on the CPU, then moved to the device and dtype of the modules' first parameter.
+        """
+        modules = list(modules)
+        if not modules:
+            raise ValueError("from_modules needs at least one module")
+        first = next((p for m in modules for p in m.parameters()), None)
+        device, dtype = (first.device, first.dtype) if first is not None else (None, None)
+        example = torch.zeros(2, in_channels, image_size, image_size, device=device, dtype=dtype)
+        traces = trace_chain(modules, example)
+        last_channels = traces[-1].out_shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        blocks = [LocalModule(m, in_shape=t.in_shape, out_shape=t.out_shape, num_classes=num_classes,
+                              partition=partition_factor(t.out_shape[0], last_channels, alpha, min(t.out_shape[1:])),
+                              rule=rule, goodness=goodness, projection=projection, head_features=head_features,
+                              macs=t.macs, generator=generator)
+                  for m, t in zip(modules, traces)]
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._assemble(blocks, num_classes=num_classes, image_size=image_size, alpha=alpha, fusion_from=fusion_from,
+                      generator=generator)
+        if first is not None:
+            for part in (*[b.rule for b in net.blocks], net.heads):
+                part.to(device=device, dtype=dtype)
+            net.to(device=device)
+        return net
 
     def __setattr__(self, name, value):
         if name == "best_block" and not isinstance(value, torch.Tensor) and "best_block" in self._buffers:
