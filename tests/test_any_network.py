@@ -225,6 +225,17 @@ def test_a_local_step_reaches_only_its_own_module(projection):
     assert bool(rule_changed) == (projection == "learned")
 
 
+def test_outside_no_grad_the_output_keeps_its_graph_for_end_to_end_backprop():
+    net = resnet_net(k=3)
+    h = torch.randn(2, 3, 32, 32)
+    for block in net.blocks:                      # as the backprop baseline runs them
+        y, h = block(h)
+    net.heads.last(y.mean(dim=(2, 3))).sum().backward()
+    assert all(p.grad is not None for b in net.blocks for p in b.body.parameters())
+    with torch.no_grad():
+        assert not net.blocks[0].transmit(torch.ones(1, requires_grad=True)).requires_grad
+
+
 def test_the_trainer_steps_every_module_of_a_split_resnet():
     net = resnet_net(k=3)
     cfg = SimpleNamespace(lr=1e-3, head_lr=1e-3, weight_decay=0.0, min_lr=0.0, amp="none", label_smoothing=0.0,
