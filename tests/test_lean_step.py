@@ -111,7 +111,7 @@ def test_lean_step_trains_bitwise_like_the_old_step(recipe):
         opt, sched = old.block_opts[l]
         assert_states_equal(mine["opt"]["state"], opt.state_dict()["state"])
         assert mine["sched"]["_last_lr"] == sched.state_dict()["_last_lr"]
-    assert_states_equal(new.head_opt[0].state_dict()["state"], old.head_opt[0].state_dict()["state"])
+    assert_states_equal(new.head_opt.opt.state_dict()["state"], old.head_opt[0].state_dict()["state"])
     assert new.lrs() == {"blocks": old.block_opts[0][0].param_groups[0]["lr"],
                          "heads": old.head_opt[0].param_groups[0]["lr"]}
     for name in ("loss_sum", "correct", "head_loss_sum", "first_bad_step"):

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteLossError
-from .local import autocast_for, make_optimizer, restore_stats, snapshot_stats
+from .local import autocast_for, make_optimizer
+from .method import DeviceStepMethod, OptSchedule
 
 
-class Backprop:
+class Backprop(DeviceStepMethod):
     """One AdamW over every block and the Last head, same schedule as ASGE. Blocks are not detached."""
 
     name = "bp"
@@ -33,12 +34,6 @@ class Backprop:
         for block in self.net.blocks:
             y, h = block(h)
         return self.net.heads.last(y.float().mean(dim=(2, 3)))
-
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
-        """One step on x (B, C, H, W) and labels (B,), in the three parts of ``LocalLearning.train_step``."""
-        self.begin_step(step)
-        self.device_step(x, labels)
-        self.end_step(labels.shape[0])
 
     def begin_step(self, step: int) -> None:
         """Host side: write ``step`` into the device tensor the statistics read (dropout draws from the
@@ -88,13 +83,6 @@ class Backprop:
 
     STATS = ("loss_sum", "correct", "first_bad_step", "seen")
 
-    def stats_state(self) -> dict:
-        """The epoch's running statistics so far (a mid-epoch checkpoint holds them)."""
-        return snapshot_stats(self, self.STATS)
-
-    def load_stats_state(self, state: dict) -> None:
-        restore_stats(self, state)
-
     def check_finite(self, epoch: int) -> None:
         s = int(self.first_bad_step)
         if s >= 0:
@@ -110,6 +98,10 @@ class Backprop:
 
     def lrs(self) -> dict:
         return {"blocks": self.opt.param_groups[0]["lr"]}
+
+    def opt_schedules(self) -> list[OptSchedule]:
+        """The one (optimizer, schedule) of every block and the Last head."""
+        return [OptSchedule(self.opt, self.sched)]
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..nn.block import ASGEBlock
 from ..errors import NonFiniteLossError
+from .method import DeviceStepMethod, OptSchedule
 from .optim import BlockOptimizer, make_optimizer
 
 
@@ -118,22 +119,7 @@ def block_step(block: ASGEBlock, optimizer: Optional[torch.optim.Optimizer], x: 
     return out, feat, loss.detach(), (logits.detach().argmax(1) == labels).sum()
 
 
-def snapshot_stats(method, names: tuple[str, ...]) -> dict:
-    """Copies of a trainer's running statistics ``names`` (device tensors and ints)."""
-    return {k: getattr(method, k).clone() if torch.is_tensor(getattr(method, k)) else getattr(method, k)
-            for k in names}
-
-
-def restore_stats(method, state: dict) -> None:
-    """Put back what :func:`snapshot_stats` took (tensors copied into the trainer's own, on its device)."""
-    for k, v in state.items():
-        if torch.is_tensor(getattr(method, k)):
-            getattr(method, k).copy_(v)
-        else:
-            setattr(method, k, v)
-
-
-class LocalLearning:
+class LocalLearning(DeviceStepMethod):
     """The blocks' optimizer (one fused AdamW for all of them; under fp16 one per block, each with its grad
     scaler), the heads' optimizer, one dropout generator per block, and device-side running statistics.
 
@@ -163,8 +149,8 @@ class LocalLearning:
         else:
             self.block_optims = [optimizer(net.blocks)]
             self.owner = [(0, l) for l in range(L)]
-        self.head_opt = make_optimizer(net.heads.parameters(), cfg.head_lr or cfg.lr, cfg.weight_decay,
-                                       total_steps, cfg.min_lr)
+        self.head_opt = OptSchedule(*make_optimizer(net.heads.parameters(), cfg.head_lr or cfg.lr,
+                                                    cfg.weight_decay, total_steps, cfg.min_lr))
         self.generators = [torch.Generator(device=device) for _ in net.blocks]
         self.step_now = torch.zeros((), dtype=torch.long, device=device)   # the step, for the statistics
         self.autocast = autocast_for(cfg, device)
@@ -172,21 +158,23 @@ class LocalLearning:
         self.make_stats()
 
     @property
-    def block_opts(self) -> list[tuple[torch.optim.Optimizer, object]]:
+    def block_opts(self) -> list[OptSchedule]:
         """(optimizer, schedule) that updates each block (the same pair for every block but under fp16)."""
-        return [(self.block_optims[i].opt, self.block_optims[i].sched) for i, _ in self.owner]
+        return [OptSchedule(self.block_optims[i].opt, self.block_optims[i].sched) for i, _ in self.owner]
+
+    def opt_schedules(self) -> list[OptSchedule]:
+        """The blocks' (optimizer, schedule) (one, or one per block under fp16), then the heads'."""
+        return [OptSchedule(bo.opt, bo.sched) for bo in self.block_optims] + [self.head_opt]
+
+    def dropout_generators(self) -> list[torch.Generator]:
+        """One per block: block l's dropout masks (seeded by :meth:`begin_step`)."""
+        return self.generators
 
     # -- the step ---------------------------------------------------------------------------------------
     def start_epoch(self, seed: int) -> None:
         """Called by ``fit`` before each epoch with the epoch's seed: dropout masks are drawn from
         (seed, step, block), so any subset of the blocks (a pipeline stage) draws the same masks."""
         self.epoch_seed = seed
-
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
-        """One step on x (B, C, H, W) and labels (B,): :meth:`begin_step`, :meth:`device_step`, :meth:`end_step`."""
-        self.begin_step(step)
-        self.device_step(x, labels)
-        self.end_step(labels.shape[0])
 
     def begin_step(self, step: int, lo: int = 0, hi: Optional[int] = None) -> None:
         """Host side, before the step: seed blocks lo..hi-1's dropout generators from (epoch seed, step,
@@ -210,7 +198,22 @@ class LocalLearning:
         for bo in self.block_optims:
             bo.sched.step()
         if heads:
-            self.head_opt[1].step()
+            self.head_opt.sched.step()
+
+    def marked_step(self, x: torch.Tensor, labels: torch.Tensor, step: int, mark: Callable[[str], None]) -> None:
+        """The device work of one step a block at a time, ``mark("block<l>")`` after block l (1-based), then the
+        heads' step and ``mark("heads")``, then the statistics; no :meth:`end_step` (the schedules are not
+        stepped, the images not counted)."""
+        h, feats, losses, correct = x, [], [], []
+        for l in range(self.num_blocks):
+            h, f, lo, c = self.run_blocks(h, labels, step, l, l + 1)
+            feats += f
+            losses += lo
+            correct += c
+            mark(f"block{l + 1}")
+        head_correct = self.heads_step(feats, labels)
+        mark("heads")
+        self.record(losses, correct, labels.shape[0], step, head_correct=head_correct)
 
     def run_blocks(self, h: torch.Tensor, labels: torch.Tensor, step: int, lo: int, hi: int,
                    handoff: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None):
@@ -249,7 +252,7 @@ class LocalLearning:
 
     def heads_step(self, feats: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
         """Fusion and Last heads on detached features (their parameters are disjoint: one summed loss)."""
-        opt = self.head_opt[0]
+        opt = self.head_opt.opt
         fusion, last = self.net.heads(feats)
         loss = F.cross_entropy(fusion, labels) + F.cross_entropy(last, labels)
         opt.zero_grad(set_to_none=True)
@@ -280,13 +283,6 @@ class LocalLearning:
         self.steps = 0
 
     STATS = ("loss_sum", "correct", "head_loss_sum", "first_bad_step", "seen", "steps")
-
-    def stats_state(self) -> dict:
-        """The epoch's running statistics so far (a mid-epoch checkpoint holds them)."""
-        return snapshot_stats(self, self.STATS)
-
-    def load_stats_state(self, state: dict) -> None:
-        restore_stats(self, state)
 
     def record(self, losses: list[torch.Tensor], correct: list[torch.Tensor], batch: int, step,
                lo: int = 0, head_correct: Optional[list[torch.Tensor]] = None) -> None:
@@ -321,7 +317,7 @@ class LocalLearning:
 
     def lrs(self) -> dict:
         return {"blocks": self.block_optims[0].opt.param_groups[0]["lr"],
-                "heads": self.head_opt[0].param_groups[0]["lr"]}
+                "heads": self.head_opt.opt.param_groups[0]["lr"]}
 
     # -- checkpointing ------------------------------------------------------------------------------------
     def block_state(self, l: int) -> dict:
@@ -340,11 +336,11 @@ class LocalLearning:
             scaler.load_state_dict(state["scaler"])
 
     def heads_state(self) -> dict:
-        return {"opt": self.head_opt[0].state_dict(), "sched": self.head_opt[1].state_dict()}
+        return {"opt": self.head_opt.opt.state_dict(), "sched": self.head_opt.sched.state_dict()}
 
     def load_heads_state(self, state: dict) -> None:
-        self.head_opt[0].load_state_dict(state["opt"])
-        self.head_opt[1].load_state_dict(state["sched"])
+        self.head_opt.opt.load_state_dict(state["opt"])
+        self.head_opt.sched.load_state_dict(state["sched"])
 
     def state_dict(self) -> dict:
         return {"blocks": [self.block_state(l) for l in range(self.num_blocks)], "heads": self.heads_state()}

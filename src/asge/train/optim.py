@@ -70,9 +70,9 @@ def make_optimizer(params, lr: float, weight_decay: float, total_steps: int, min
     """AdamW with a per-step cosine schedule from ``lr`` to ``min_lr`` over ``total_steps``:
     (:class:`DeviceLRAdamW`, :class:`CosineLR`).
 
-    The fused implementation (one kernel per parameter: 2.6-3x cheaper than the default per-tensor loop on
-    CPU, docs/performance.md) wherever torch has it: CPU and CUDA float parameters. Its updates equal the
-    loop's to rounding (it evaluates the same formula in one pass, in another order).
+    The fused implementation (one kernel per parameter, cheaper than the default per-tensor loop: measured in
+    docs/performance.md) wherever torch has it: CPU and CUDA float parameters. Its updates equal the loop's
+    to rounding (it evaluates the same formula in one pass, in another order).
     """
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
@@ -86,8 +86,8 @@ class BlockOptimizer:
     """One AdamW and one schedule for the parameters of several blocks: one fused update per step for all of
     them (their parameters are disjoint, and the fused kernel updates every tensor element by element, so
     this is bitwise the same as one AdamW per block). ``block_state(l)`` / ``load_block_state(l, state)``
-    read and load block ``l``'s part in the layout of a one-block AdamW's ``state_dict`` (the layout
-    checkpoints held before, and what the pipeline's stages exchange)."""
+    read and load block ``l``'s part in the layout of a one-block AdamW's ``state_dict``: the layout of each
+    block's entry in a checkpoint, and what the pipeline's stages exchange."""
 
     def __init__(self, blocks: Iterable[nn.Module], lr: float, weight_decay: float, total_steps: int,
                  min_lr: float):
@@ -127,16 +127,14 @@ class BlockOptimizer:
 
 
 def schedules(method) -> list[CosineLR]:
-    """Every cosine schedule of a training method (``LocalLearning``, ``Backprop``, or a wrapper that forwards
-    their attributes, e.g. ``graphs.GraphedStep``): the blocks' then the heads', or backprop's one."""
-    if hasattr(method, "block_optims"):
-        return [bo.sched for bo in method.block_optims] + [method.head_opt[1]]
-    return [method.sched]
+    """Every cosine schedule of a training method (a ``method.TrainingMethod``), in the order of its
+    ``opt_schedules()``: ASGE's blocks' then heads', or backprop's one."""
+    return [pair.sched for pair in method.opt_schedules()]
 
 
 def optimizers(method) -> list[torch.optim.Optimizer]:
     """Every optimizer a training method steps, in the order of :func:`schedules` (each schedule's own)."""
-    return [sched.optimizer for sched in schedules(method)]
+    return [pair.opt for pair in method.opt_schedules()]
 
 
 __all__ = ["DeviceLRAdamW", "CosineLR", "make_optimizer", "BlockOptimizer", "lr_dtype", "optimizers", "schedules"]

@@ -233,7 +233,8 @@ def _obj_device(device: torch.device):
 
 
 class PipelineLearning(_Stage):
-    """Stage 0, as ``fit``'s method: same interface as :class:`LocalLearning`."""
+    """Stage 0, as ``fit``'s method: a :class:`~asge.train.method.TrainingMethod` whose members gather what
+    they report from every stage."""
 
     def __init__(self, net, cfg, total_steps: int, device: torch.device, *, stages: int,
                  threads: Optional[int] = None):
@@ -276,6 +277,10 @@ class PipelineLearning(_Stage):
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         header = self.header(TRAIN, labels.shape[0], step)
         self.stage_step(x, labels, step, [], header)
+
+    def marked_step(self, x: torch.Tensor, labels: torch.Tensor, step: int, mark) -> None:
+        """:meth:`train_step` through every stage, no mark: the other stages' memory is in their processes."""
+        self.train_step(x, labels, step)
 
     def _control(self, kind: int) -> None:
         self._isend([self.header(kind)], 1)
