@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import AsgeError, PeerFailedError, Preempted
 from . import peers
+from .method import DeviceStepMethod, OptSchedule, TrainingMethod
 
 #: How long a collective waits for a rank that does not answer (a rank that dies is noticed at once: its
 #: connections close). Every rank evaluates its share, so no rank waits long on another in a healthy run.
@@ -146,24 +147,71 @@ class World:
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
 
 
-class DistributedMethod:
+class DistributedMethod(TrainingMethod):
     """Wraps a trainer (``LocalLearning`` or ``Backprop``) for one rank: slices each global batch, sets the
-    gradient weights, and reduces the epoch's statistics over the ranks. Everything else is delegated."""
+    gradient weights, and reduces the epoch's statistics over the ranks. Every other member is the
+    trainer's own."""
 
-    def __init__(self, inner, world: World, sync: GradSync):
+    def __init__(self, inner: DeviceStepMethod, world: World, sync: GradSync):
         self.inner, self.world, self.sync = inner, world, sync
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    # -- the wrapped trainer's members ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.inner.name
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+    @property
+    def net(self) -> nn.Module:
+        return self.inner.net
+
+    @property
+    def seen(self) -> int:
+        """This rank's images, or after :meth:`epoch_stats` the whole group's."""
+        return self.inner.seen
+
+    @property
+    def graph(self):
+        return self.inner.graph
+
+    def start_epoch(self, seed: int) -> None:
+        self.inner.start_epoch(seed)
+
+    def reset_stats(self) -> None:
+        self.inner.reset_stats()
+
+    def running(self) -> dict:
+        """This rank's share so far (no collective: the progress bar reads it at any step)."""
+        return self.inner.running()
+
+    def lrs(self) -> dict:
+        return self.inner.lrs()
+
+    def opt_schedules(self) -> list[OptSchedule]:
+        return self.inner.opt_schedules()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    # -- this rank's share of a step ----------------------------------------------------------------------
+    def shard(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of a global batch, with the gradient weight set to its share."""
         n = labels.shape[0]
         if n < self.world.size:
             raise AsgeError(f"a batch of {n} images cannot be split over {self.world.size} ranks; "
                             "use a batch size (and a dataset size modulo it) of at least the number of ranks")
         lo, hi = self.world.shard(n)
         self.sync.weight = (hi - lo) / n
-        self.inner.train_step(x[lo:hi], labels[lo:hi], step)
+        return x[lo:hi], labels[lo:hi]
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        self.inner.train_step(*self.shard(x, labels), step)
+
+    def marked_step(self, x: torch.Tensor, labels: torch.Tensor, step: int, mark) -> None:
+        """The trainer's own, on this rank's slice."""
+        self.inner.marked_step(*self.shard(x, labels), step, mark)
 
     def _reduce_first_bad(self) -> None:
         fb = self.inner.first_bad_step
@@ -180,10 +228,9 @@ class DistributedMethod:
         """The statistics of the whole epoch (all ranks' slices); ``seen`` becomes the global count."""
         m = self.inner
         for name in ("loss_sum", "correct", "head_loss_sum"):
-            t = getattr(m, name, None)
-            if t is not None:
-                self.world.all_reduce_(t)
-        if getattr(m, "head_loss_sum", None) is not None:
+            if name in m.STATS:
+                self.world.all_reduce_(getattr(m, name))
+        if "head_loss_sum" in m.STATS:
             m.head_loss_sum /= self.world.size          # a per-step mean summed over the ranks
         seen = torch.tensor([float(m.seen)], device=self.world.device)
         m.seen = int(self.world.all_reduce_(seen).item())

@@ -1,10 +1,11 @@
 """The whole training step as one CUDA graph (``--cuda-graphs on``), for both methods.
 
-A method's ``device_step(x, labels)`` (``local.py``, ``backprop.py``) is device work only: every block's
-forward, local loss, backward and fused AdamW update, the heads, the running statistics, with the same
-operators on the same shapes at every full-size step, no host sync and no RNG-state call. So it is captured
-once per run and replayed for every full-size batch: the host then launches one graph per step instead of
-~800 operators. Around each replay the host does what cannot be captured:
+A method's ``device_step(x, labels)`` (``local.py``, ``backprop.py``: a ``method.DeviceStepMethod``) is
+device work only: every block's forward, local loss, backward and fused AdamW update, the heads, the running
+statistics, with the same operators on the same shapes at every full-size step, no host sync and no
+RNG-state call. So it is captured once per run and replayed for every full-size batch: the host then
+launches one graph per step instead of each of the step's operators. Around each replay the host does what
+cannot be captured:
 
 - before: ``begin_step`` (re-seeds the per-block dropout generators, which are registered with the graph so
   that a replay draws from their current seed, and writes the step number into a device tensor), and
@@ -16,9 +17,9 @@ The first full-size steps run eagerly on a side stream (CUDA's lazy initialisati
 then the next one is captured and replayed, and every later full-size step is a replay; a smaller batch (the
 last of an epoch) runs eagerly. Graph and eager steps compute the same kernels in the same order.
 
-``auto`` means off until the CUDA tests (tests/test_cuda.py: graphed == eager over 5 steps, a resumed
-mid-epoch checkpoint, no sync inside a replay) have passed on a real GPU; fp16 (the grad scaler's host
-logic), ``--compile``, ``--pipeline`` and torchrun stay eager, saying so once.
+``--cuda-graphs``: ``off`` and ``auto`` (the default) run every step eagerly; ``on`` captures the step where
+nothing blocks it (:func:`graphs_blocker`): fp16 (the grad scaler's host logic), ``--compile``, ``--pipeline``
+and torchrun stay eager, saying so once; on a device other than CUDA ``on`` is an error.
 """
 from __future__ import annotations
 
@@ -27,11 +28,8 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import AsgeError
+from .method import DeviceStepMethod, OptSchedule, TrainingMethod
 from .optim import optimizers
-
-#: What ``--cuda-graphs auto`` means today. Flip to True once tests/test_cuda.py's graph tests have passed on
-#: a GPU (benchmarks/gpu_check.sh runs them), and say so in the README.
-AUTO_ON = False
 
 
 def graphs_blocker(cfg, device: torch.device, world=None) -> Optional[str]:
@@ -50,11 +48,11 @@ def graphs_blocker(cfg, device: torch.device, world=None) -> Optional[str]:
 
 
 def use_cuda_graphs(cfg, device: torch.device, world=None, log: Callable[[str], None] = print) -> bool:
-    """Whether to capture: ``cfg.cuda_graphs`` is on (or auto, once :data:`AUTO_ON`) and nothing blocks it.
+    """Whether to capture: ``cfg.cuda_graphs`` is ``on`` and nothing blocks it (``off`` and ``auto``: never).
     ``on`` where it cannot apply: on a CPU (or other non-CUDA device) an error in one line; for fp16,
     --compile, --pipeline, torchrun one line saying the run stays eager."""
     mode = getattr(cfg, "cuda_graphs", "auto")
-    if mode == "off" or (mode == "auto" and not AUTO_ON):
+    if mode in ("off", "auto"):               # auto: eager (the capture is only made when asked for)
         return False
     why = graphs_blocker(cfg, device, world)
     if why is None:
@@ -66,12 +64,13 @@ def use_cuda_graphs(cfg, device: torch.device, world=None, log: Callable[[str], 
     return False
 
 
-class GraphedStep:
-    """Wraps a method (``LocalLearning`` or ``Backprop``): same interface, but ``train_step`` replays one
-    captured ``device_step`` for every batch of ``cfg.batch_size`` images (x (B, C, H, W) in one layout,
-    labels (B,)). ``warmup``: eager full-size steps first."""
+class GraphedStep(TrainingMethod):
+    """Wraps a method (``LocalLearning`` or ``Backprop``): the same interface, each member the method's own,
+    but ``train_step`` replays one captured ``device_step`` for every batch of ``cfg.batch_size`` images
+    (x (B, C, H, W) in one layout, labels (B,)), and ``graph`` is that capture (None before it).
+    ``warmup``: eager full-size steps first."""
 
-    def __init__(self, method, warmup: int = 3):
+    def __init__(self, method: DeviceStepMethod, warmup: int = 3):
         self.method, self.warmup = method, max(1, warmup)   # (the optimizer state is made at a first step)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.static_x: Optional[torch.Tensor] = None
@@ -79,9 +78,54 @@ class GraphedStep:
         self.eager_full = 0
         self.side = torch.cuda.Stream(device=method.device)
 
-    def __getattr__(self, name):              # everything but the step is the method's own
-        return getattr(self.__dict__["method"], name)
+    # -- the wrapped method's members -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.method.name
 
+    @property
+    def net(self):
+        return self.method.net
+
+    @property
+    def seen(self) -> int:
+        return self.method.seen
+
+    def start_epoch(self, seed: int) -> None:
+        self.method.start_epoch(seed)
+
+    def marked_step(self, x: torch.Tensor, labels: torch.Tensor, step: int, mark: Callable[[str], None]) -> None:
+        """The method's own (eager: a measurement is not replayed)."""
+        self.method.marked_step(x, labels, step, mark)
+
+    def reset_stats(self) -> None:
+        self.method.reset_stats()               # in place: the addresses the graph writes to stay
+
+    def stats_state(self) -> dict:
+        return self.method.stats_state()
+
+    def load_stats_state(self, state: dict) -> None:
+        self.method.load_stats_state(state)
+
+    def check_finite(self, epoch: int) -> None:
+        self.method.check_finite(epoch)
+
+    def running(self) -> dict:
+        return self.method.running()
+
+    def epoch_stats(self) -> dict:
+        return self.method.epoch_stats()
+
+    def lrs(self) -> dict:
+        return self.method.lrs()
+
+    def opt_schedules(self) -> list[OptSchedule]:
+        return self.method.opt_schedules()
+
+    def state_dict(self) -> dict:
+        return self.method.state_dict()
+
+    # -- the graphed step -------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         m = self.method
         if x.shape[0] != m.cfg.batch_size:
@@ -115,7 +159,7 @@ class GraphedStep:
             group["capturable"] = True        # the fused kernel is the same; this only allows the capture
         try:
             graph = torch.cuda.CUDAGraph()
-            for gen in getattr(m, "generators", []):
+            for gen in m.dropout_generators():
                 graph.register_generator_state(gen)
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):   # (data-loading threads)
                 m.device_step(self.static_x, self.static_y)
@@ -135,4 +179,4 @@ def maybe_graphed(method, cfg, device: torch.device, world=None, log: Callable[[
     return GraphedStep(method) if use_cuda_graphs(cfg, device, world, log) else method
 
 
-__all__ = ["GraphedStep", "use_cuda_graphs", "graphs_blocker", "maybe_graphed", "AUTO_ON"]
+__all__ = ["GraphedStep", "use_cuda_graphs", "graphs_blocker", "maybe_graphed"]
