@@ -86,24 +86,9 @@ def model_tensors(net: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def measure_saved_bytes(method, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> tuple[int, list[int]]:
-    """Peak saved-for-backward bytes of one ``method.train_step`` (and, for ASGE, each block's peak)."""
+    """Peak saved-for-backward bytes of one step of ``method`` (a ``TrainingMethod``'s ``marked_step``), and
+    the peak of each part it marks (ASGE: each block, then the heads; BP: none, an empty list)."""
     meter = SavedTensorMeter(model_tensors(method.net))
-    per_block: list[int] = []
-    if hasattr(method, "run_blocks"):          # ASGE: mark after every block, then the heads
-        blocks = len(method.net.blocks)
-        with meter():
-            h, feats, losses, correct = x, [], [], []
-            for l in range(blocks):
-                h, f, lo, c = method.run_blocks(h, y, step, l, l + 1)
-                feats += f
-                losses += lo
-                correct += c
-                meter.mark(f"block{l + 1}")
-            head_correct = method.heads_step(feats, y)
-            meter.mark("heads")
-            method.record(losses, correct, y.shape[0], step, head_correct=head_correct)
-        per_block = [b for _, b in meter.marks]
-    else:
-        with meter():
-            method.train_step(x, y, step)
-    return meter.peak, per_block
+    with meter():
+        method.marked_step(x, y, step, meter.mark)
+    return meter.peak, [b for _, b in meter.marks]

@@ -28,7 +28,7 @@ import torch
 
 from .activation_memory import measure_saved_bytes
 from .batches import bench_batches, synthetic_batches
-from ..config import TrainConfig
+from ..config import METHODS, TrainConfig
 from ..errors import AsgeError
 from ..nn.flops import conv_flops, matmul_peak_gflops
 from ..runs.directory import refuse_overwrite
@@ -47,7 +47,7 @@ def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_
                  graphed: bool = False, graph_warmup: int = 3):
     """Method ``name`` (asge, bp) on its own network built from ``cfg`` (seeded: both methods start from the
     same weights), in training mode, its epoch started; wrapped in ``GraphedStep`` when ``graphed``."""
-    from ..train import Backprop, LocalLearning
+    from ..train.methods import METHODS as BY_NAME
     from ..runs.build import build_model
     torch.manual_seed(cfg.seed)
     c = dataclasses.replace(cfg, method=name)
@@ -55,12 +55,11 @@ def bench_method(name: str, cfg: TrainConfig, info, device: torch.device, total_
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()
-    m = {"asge": LocalLearning, "bp": Backprop}[name](net, c, max(1, total_steps), device)
+    m = BY_NAME[name](net, c, max(1, total_steps), device)
     if graphed:                                # captured after GraphedStep's eager warm-up
         from ..train.graphs import GraphedStep
         m = GraphedStep(m, warmup=graph_warmup)
-    if hasattr(m, "start_epoch"):
-        m.start_epoch(cfg.seed)
+    m.start_epoch(cfg.seed)
     return m
 
 
@@ -144,7 +143,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     saved, per_block, cuda_peak = {}, [], None
     for name, m in methods.items():
         x, y = batches[name][counters[name] % n_batches]
-        saved[name], blocks = measure_saved_bytes(getattr(m, "method", m), x, y, counters[name])   # eager
+        saved[name], blocks = measure_saved_bytes(m, x, y, counters[name])   # eager (also a GraphedStep)
         counters[name] += 1
         if name == "asge":
             per_block = blocks
@@ -205,7 +204,7 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
 def graph_pool_bytes(method) -> Optional[int]:
     """Bytes reserved by a graphed method's private CUDA graph pool (its step's activations, gradients and
     temporaries, held for as long as the graph lives); None when not captured or not readable."""
-    graph = getattr(method, "graph", None)
+    graph = method.graph
     if graph is None:
         return None
     try:
@@ -327,7 +326,7 @@ def result_files(args: argparse.Namespace) -> list[Path]:
     (``--overhead``), else bench.json and, with ``--profile``, each method's profile table per width."""
     out = Path(args.out)
     names = ["overhead.json"] if args.overhead else ["bench.json"] + (
-        [f"profile_{m}_w{w:g}.txt" for w in args.width for m in ("asge", "bp")] if args.profile else [])
+        [f"profile_{m}_w{w:g}.txt" for w in args.width for m in METHODS] if args.profile else [])
     return [out / n for n in names if (out / n).exists()]
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from ..config import TrainConfig
+from ..config import METHODS, TrainConfig
 
 
 def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -> tuple[dict, list]:
@@ -24,27 +24,27 @@ def overhead_methods(cfg: TrainConfig, device: torch.device, total_steps: int) -
     from .batches import synthetic_batches
     from ..data import DatasetInfo
     from ..nn.presets import get_preset
-    from ..train import Backprop, LocalLearning
+    from ..train.methods import METHODS as BY_NAME
     from ..runs.build import build_model
 
     size = cfg.input_size or get_preset(cfg.model)["image_size"]
     info = DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)
     batches = synthetic_batches(8, cfg.batch_size, info.in_channels, size, info.num_classes, cfg.seed, device)
     methods = {}
-    for name, cls in (("asge", LocalLearning), ("bp", Backprop)):
+    for name in METHODS:
         torch.manual_seed(cfg.seed)
         c = dataclasses.replace(cfg, method=name)
         net = build_model(c, info).to(device)
         net.train()
-        m = cls(net, c, total_steps, device)
-        if hasattr(m, "start_epoch"):
-            m.start_epoch(cfg.seed)
+        m = BY_NAME[name](net, c, total_steps, device)
+        m.start_epoch(cfg.seed)
         methods[name] = m
     return methods, batches
 
 
-def smallest_batch(cfg: TrainConfig) -> int:
-    """The smallest batch ``cfg``'s network trains on (:func:`asge.train.loop.smallest_batch`)."""
+def overhead_batch(cfg: TrainConfig) -> int:
+    """The batch ``--overhead`` measures ``cfg``'s network at: the smallest it trains on
+    (:func:`asge.train.loop.smallest_batch` of the network built from ``cfg``)."""
     from ..data import DatasetInfo
     from ..nn.presets import get_preset
     from ..runs.build import build_model
@@ -105,7 +105,7 @@ def run_overhead(args) -> int:
     cfg = TrainConfig.from_dict(dict(recipe=args.recipe, dataset="digits", model=args.model, width=1 / 32,
                                      batch_size=1, lr=args.lr, seed=args.seed, device=str(device),
                                      amp=args.amp)).resolved()
-    why, batch = "", smallest_batch(cfg)
+    why, batch = "", overhead_batch(cfg)
     if batch > 1:                        # a context with BatchNorm layers cannot train on one image
         cfg = dataclasses.replace(cfg, batch_size=batch)
         why = f" (the BatchNorm layers of context {cfg.context!r} need {batch} images)"
