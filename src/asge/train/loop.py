@@ -293,8 +293,7 @@ def train_epoch(s: Session, state: RunState, epoch: int) -> tuple[dict, float]:
     seed = epoch_seed(cfg.seed, epoch)
     rng_seed = seed if s.world is None else s.world.rng_seed(seed)   # data order: seed; dropout: rng_seed
     torch.manual_seed(rng_seed)
-    if hasattr(method, "start_epoch"):
-        method.start_epoch(rng_seed)
+    method.start_epoch(rng_seed)
     s.net.train()
     method.reset_stats()
     first, seconds_before = 0, 0.0

@@ -39,8 +39,7 @@ def rebuild_schedules(method, total_steps: int) -> int:
         for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
             group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
         sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
-        if hasattr(sched.optimizer, "write_lr"):
-            sched.optimizer.write_lr()
+        sched.optimizer.write_lr()
     return step
 
 
