@@ -67,6 +67,21 @@ def model_units(spec: str, *, in_channels: int, image_size: int, width: float = 
         return timm_units(name, in_channels, image_size)
 
 
+def cut_model(model: nn.Module, *, in_channels: int, image_size: int) -> Units:
+    """Units of a classifier object you built: a torchvision model of :data:`TORCHVISION_FAMILIES` or a timm
+    model of the layouts :data:`TIMM_LAYOUTS` (its stem adapted to the input as for the named models: the
+    model is changed in place). Anything else: ValueError, one line saying what can be cut."""
+    source = type(model).__module__
+    label = type(model).__name__
+    if source.startswith("torchvision.models"):
+        return torchvision_model_units(model, in_channels, image_size, label)
+    if source.startswith("timm."):
+        return timm_model_units(model, in_channels, image_size, label)
+    raise ValueError(f"cannot cut a {label} ({source}) into a chain of modules: give the modules as a list run in "
+                     f"sequence, or a torchvision classifier of the families {', '.join(TORCHVISION_FAMILIES)}, "
+                     f"or a timm model laid out as {TIMM_LAYOUTS}")
+
+
 # -- torchvision ----------------------------------------------------------------------------------------------
 
 def torchvision_blocks() -> tuple[type, ...]:
@@ -86,13 +101,21 @@ def torchvision_units(name: str, in_channels: int = 3, image_size: int = 224, **
         raise ValueError(f"torchvision:{name} ({family}) is not a chain of convolutional blocks this cuts; "
                          f"expected a model of the families {', '.join(TORCHVISION_FAMILIES)}")
     model = models.get_model(name, weights=None, **kwargs)
+    return torchvision_model_units(model, in_channels, image_size, f"torchvision:{name}")
+
+
+def torchvision_model_units(model: nn.Module, in_channels: int, image_size: int, label: str) -> Units:
+    """Units of a torchvision classifier object of :data:`TORCHVISION_FAMILIES`; ``label`` names it in the note."""
+    family = type(model).__module__.rsplit(".", 1)[-1]
+    if family not in TORCHVISION_FAMILIES:
+        raise ValueError(f"{label} ({family}) is not a chain of convolutional blocks this cuts; expected a model "
+                         f"of the families {', '.join(TORCHVISION_FAMILIES)}")
     small = image_size <= SMALL_INPUT
     if family == "vgg":                              # no blocks: cut before each conv
         _, changed = adapt_stem(model.features, ["0"], in_channels, small=False)
         units = vgg_units(model.features)
         changed += ["no stem to replace (3x3 stride-1 convs throughout)"] if small else []
-        return Units(units, False, note(f"torchvision:{name}", units, "each conv with its BN, ReLU, max-pool",
-                                        image_size, changed))
+        return Units(units, False, note(label, units, "each conv with its BN, ReLU, max-pool", image_size, changed))
     if family == "resnet":
         stem_names, owner, rest = ["conv1", "bn1", "relu", "maxpool"], model, [model.layer1, model.layer2,
                                                                               model.layer3, model.layer4]
@@ -103,8 +126,7 @@ def torchvision_units(name: str, in_channels: int = 3, image_size: int = 224, **
     stem, changed = adapt_stem(owner, stem_names, in_channels, small)
     is_block = lambda m: isinstance(m, torchvision_blocks())  # noqa: E731
     units = chain_units([stem, *rest], is_block)
-    return Units(units, small, note(f"torchvision:{name}", units, "each block; the stem joins the first", image_size,
-                                    changed))
+    return Units(units, small, note(label, units, "each block; the stem joins the first", image_size, changed))
 
 
 def vgg_units(features: nn.Sequential) -> list[nn.Module]:
@@ -206,6 +228,12 @@ def timm_units(name: str, in_channels: int = 3, image_size: int = 224, **kwargs)
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}: see timm.list_models()")
     model = timm.create_model(name, pretrained=False, in_chans=in_channels, **kwargs)
+    return timm_model_units(model, in_channels, image_size, f"timm:{name}")
+
+
+def timm_model_units(model: nn.Module, in_channels: int, image_size: int, label: str) -> Units:
+    """Units of a timm model object of the layouts :data:`TIMM_LAYOUTS`; ``label`` names it in messages."""
+    name = label.split(":", 1)[-1]
     stem_names, stages, tail = timm_layout(model, name)
     small = image_size <= SMALL_INPUT
     stem, changed = adapt_stem(model, stem_names, in_channels, small)
@@ -220,8 +248,7 @@ def timm_units(name: str, in_channels: int = 3, image_size: int = 224, **kwargs)
             units[-1] = join([units[-1], *ending])
             if reproduces(model, units, example):
                 how = "each block" if len(units) > len(stages) else "each stage"
-                return Units(units, small, note(f"timm:{name}", units, f"{how}; the stem joins the first", image_size,
-                                                changed))
+                return Units(units, small, note(label, units, f"{how}; the stem joins the first", image_size, changed))
     raise ValueError(f"timm:{name}: its stem and stages do not reproduce its forward_features as a chain; "
                      f"expected {TIMM_LAYOUTS} run in order")
 

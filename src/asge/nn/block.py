@@ -170,6 +170,11 @@ class ASGEBlock(nn.Module):
         """a_l = spatial_goodness(Y) @ W_l + b_l: (B, C_out, H, W) -> (B, N)."""
         return self.projection(spatial_goodness(y, self.partition, self.goodness))
 
+    def local_loss(self, y: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                   label_smoothing: float = 0.0) -> torch.Tensor:
+        """The block's loss (0-dim): cross-entropy of its scores ``logits`` = a_l (B, N) against ``labels`` (B,)."""
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
     def head_features(self, y: torch.Tensor) -> torch.Tensor:
         """What the heads read of Y: (B, C_out, H, W) -> (B, head_dim) float32, GAP(Y) first."""
         return head_features(y, self.partition, self.head_kind)

@@ -97,7 +97,7 @@ def block_step(block: ASGEBlock, optimizer: Optional[torch.optim.Optimizer], x: 
             y, logits, y_square = block.fused_local_forward(channels_last(x))
         else:
             y, logits = local_forward(block, x)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    loss = block.local_loss(y, logits, labels, label_smoothing)
     if generator is None and dropout_seed is not None:
         generator = torch.Generator(device=y.device).manual_seed(dropout_seed)
     with torch.no_grad(), autocast():

@@ -1,0 +1,143 @@
+"""Any network, trained locally: your modules, a named network, or a classifier you built, cut into K modules
+that each learn from their own local rule, as an :class:`~asge.nn.model.ASGENet` that ``fit`` trains.
+
+    net = asge.local_network(torchvision.models.resnet18(num_classes=10), split=4,
+                             input_shape=(3, 32, 32), num_classes=10)
+
+``split`` says where the modules end: K (contiguous modules balanced by forward compute, cut only at block
+boundaries), cut points (unit indices where a new module starts), or, for the CIFAR ResNets, InfoPro's
+(stage, block) pairs. :func:`parse_split` reads the command line's ``--split``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .backbones import Units, cut_model, model_units
+from .block import ASGEBlock
+from .flops import forward_macs
+from .local_module import LocalModule
+from .model import ASGENet
+from .split import split_at, split_units
+
+#: Modules a cut network is split into when no ``split`` is given.
+DEFAULT_MODULES = 4
+
+Split = Union[int, Sequence[int], Sequence[tuple[int, int]], None]
+
+
+def parse_split(text: Union[str, int, None]) -> Split:
+    """``"4"`` -> 4 (K modules); ``"3,7,12"`` -> [3, 7, 12] (unit indices where a module starts);
+    ``"1.2,2.1"`` -> [(1, 2), (2, 1)] (InfoPro's (stage, block) pairs: a module ends after that block)."""
+    if text is None or isinstance(text, int):
+        return text
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        if len(parts) == 1 and "." not in parts[0]:
+            return int(parts[0])
+        if all("." in p for p in parts):
+            return [tuple(int(v) for v in p.split(".", 1)) for p in parts]
+        return [int(p) for p in parts]
+    except ValueError:
+        pass
+    raise ValueError(f"split: expected a number of modules K (e.g. 4), cut points (unit indices where a module "
+                     f"starts, e.g. 3,7,12) or (stage.block) pairs (e.g. 1.2,2.1), got {text!r}")
+
+
+def split_modules(units: Sequence[nn.Module], split: Split, example: torch.Tensor) -> list[nn.Sequential]:
+    """``units`` grouped into modules by ``split`` (see the module docstring); ``example`` (B, C, H, W) is the
+    input the balancing measures compute on."""
+    split = parse_split(split)
+    if isinstance(split, int):
+        return split_units(units, split, example)
+    return split_at(units, list(split))
+
+
+def named_units(model: str, *, in_channels: int, image_size: int, width: float = 1.0,
+                seed: Optional[int] = None) -> Units:
+    """The units of a network given by name: ``resnet20|32|56|110`` (CIFAR ResNets), ``torchvision:NAME``,
+    ``timm:NAME`` (:func:`asge.nn.backbones.model_units`)."""
+    return model_units(model, in_channels=in_channels, image_size=image_size, width=width, seed=seed)
+
+
+def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: tuple[int, int, int],
+                  num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
+                  goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
+                  projection: str = "fixed", seed: int = 0) -> ASGENet:
+    """An ASGENet of locally trained modules from ``model``:
+
+    * a list (or ``nn.Sequential`` / ``nn.ModuleList``) of modules run in sequence: each is one module (or
+      ``split`` groups them);
+    * a torchvision or timm classifier: cut into units at its residual blocks (the stem joins the first; a
+      CIFAR stem for inputs of 64 px or less; :func:`asge.nn.backbones.cut_model`), grouped into ``split``
+      modules (default :data:`DEFAULT_MODULES`).
+
+    ``input_shape`` (C, H, W) is one input image's; shapes are found by one dry run. Each module learns from
+    ``rule`` (:mod:`asge.nn.local_rules`); the network's ``note`` says how it was cut.
+    """
+    c, h, w = input_shape
+    if isinstance(model, (list, tuple, nn.ModuleList, nn.Sequential)):
+        units, note = list(model), f"{len(model)} modules given"
+        if split is None:
+            split = len(units)
+    else:
+        cut = cut_model(model, in_channels=c, image_size=h)
+        units, note = cut.units, cut.note
+    return network_of_units(units, note, input_shape=input_shape, num_classes=num_classes, split=split,
+                            rule=rule, alpha=alpha, goodness=goodness, head_features=head_features,
+                            fusion_from=fusion_from, projection=projection, seed=seed)
+
+
+def network_of_units(units: Sequence[nn.Module], note: str, *, input_shape: tuple[int, int, int],
+                     num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
+                     goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
+                     projection: str = "fixed", seed: int = 0) -> ASGENet:
+    """:func:`local_network` once the units are known: group them by ``split`` and wrap the modules."""
+    c, h, w = input_shape
+    example = torch.zeros(2, c, h, w)
+    modules = split_modules(units, DEFAULT_MODULES if split is None else split, example)
+    net = ASGENet.from_modules(modules, in_channels=c, image_size=h, num_classes=num_classes, alpha=alpha,
+                               goodness=goodness, head_features=head_features, fusion_from=fusion_from,
+                               projection=projection, rule=rule, seed=seed)
+    net.note = note
+    return net
+
+
+class BlockUnit(nn.Module):
+    """An ASGE block as one unit of a chain: norm, conv, ReLU, [context], then what it hands on ([pool],
+    dropout), without its own goodness projection (the module it joins reads its output by its own rule).
+    x (B, C_in, H, W) -> (B, C_out, H', W')."""
+
+    def __init__(self, block: ASGEBlock):
+        super().__init__()
+        del block.projection
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.transmit(self.block.features(x))
+
+
+def describe_modules(net: ASGENet) -> list[dict]:
+    """What each module of ``net`` is, for the run's record: its units (cut networks), output shape (C, H, W),
+    parameters, forward multiply-accumulates per image, and its local head's parameters and
+    multiply-accumulates (the rule of a cut network, the goodness projection of an ASGE block)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    rows = []
+    for k, block in enumerate(net.blocks):
+        if isinstance(block, LocalModule):
+            head, body = block.rule, block.body
+            units = list(body.unit_range) if isinstance(getattr(body, "unit_range", None), range) else [k]
+            row = {"units": [units[0], units[-1]], "out_shape": list(block.out_shape), "parameters": count(body),
+                   "macs": block.macs}
+            head_macs = forward_macs(head, torch.zeros(1, *block.out_shape))
+        else:                                        # an ASGE block: conv (and context), then its projection
+            head = block.projection
+            row = {"units": [k, k], "out_shape": [block.out_channels, block.out_size, block.out_size],
+                   "parameters": count(block) - count(head), "macs": block.conv_macs()}
+            head_macs = head.weight.numel()          # (C * P * P) x N
+        row.update(partition=block.partition, head_parameters=count(head), head_macs=int(head_macs),
+                   head_macs_ratio=head_macs / max(row["macs"], 1))
+        rows.append(row)
+    return rows
