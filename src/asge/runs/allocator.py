@@ -2,11 +2,11 @@
 
 glibc's malloc serves every allocation above a (dynamic, at most 32 MiB) threshold with a fresh ``mmap`` and
 returns it with ``munmap`` when freed. A training step allocates and frees the same multi-megabyte
-activation buffers every step, so each step re-faults every page of them in the kernel: on this project's
-2-core machine half the CPU time of ``asge train`` was system time, and an element-wise pass over a fresh
-32 MiB tensor took 29 ms instead of 6 ms. :func:`tune_malloc` tells glibc (``mallopt``) to serve large
-requests from its heap and not to trim freed memory at its top, so the buffers are reused without page faults.
-Both methods (ASGE and backprop) run in the same process with the same setting.
+activation buffers every step, so without this each step re-faults every page of them in the kernel (system
+time, and element-wise passes over fresh buffers several times slower than over reused ones; measured in
+docs/performance.md, "Process settings of the asge command"). :func:`tune_malloc` tells glibc (``mallopt``)
+to serve large requests from its heap and not to trim freed memory at its top, so the buffers are reused
+without page faults. Both methods (ASGE and backprop) run in the same process with the same setting.
 
 The ``asge`` command calls it at start-up; ``ASGE_MALLOC=default`` leaves malloc as it is. Python users can
 call :func:`tune_malloc` themselves. It does nothing on a C library without ``mallopt`` (musl, macOS,

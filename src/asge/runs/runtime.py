@@ -2,15 +2,14 @@
 
 OpenMP (libgomp, which PyTorch's CPU kernels and MKL use) reads ``OMP_WAIT_POLICY`` once, when torch loads
 it. Its default lets a thread that finished its share of a parallel operation spin for a while before it
-sleeps. On a machine whose cores are shared with other processes (this project's 2-core machine runs
-several jobs at once) the spinning thread takes the core from the thread that still has work, and every
-one of the hundreds of parallel operations in a training step waits for a time slice: under a load of 3,
-``PASSIVE`` (sleep at once) made 2-thread training steps 1.6x (against ``ACTIVE``) to 4x (against the
-default) faster for both ASGE and backprop (docs/performance.md). So when this process is the ``asge`` command (the console script, ``python -m asge``,
-and so torchrun ranks and the pipeline's spawned stages, which inherit the environment), ``asge``'s package
-import sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set. It is a trade-off: on a lightly loaded
-machine sleeping costs both methods 10-15 % (a wake-up per parallel region); on a dedicated machine set
-``OMP_WAIT_POLICY=ACTIVE``, which was fastest there. Importing asge as a library changes nothing.
+sleeps. When the cores are shared with other processes, the spinning thread takes the core from the thread
+that still has work, and every one of the hundreds of parallel operations in a training step waits for a time
+slice. So when this process is the ``asge`` command (the console script, ``python -m asge``, and so torchrun
+ranks and the pipeline's spawned stages, which inherit the environment), ``asge``'s package import sets
+``OMP_WAIT_POLICY=PASSIVE`` (sleep at once) unless it is already set: an explicit value, e.g. ``ACTIVE`` on a
+dedicated machine, is kept. It is a trade-off: on a lightly loaded machine sleeping costs a wake-up per
+parallel region, for ASGE and backprop alike. Importing asge as a library changes nothing. What each setting
+measured, loaded and lightly loaded: docs/performance.md, "Process settings of the asge command".
 """
 from __future__ import annotations
 
