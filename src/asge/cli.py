@@ -143,6 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PROGRESS_MODES
+    from .nn.heads import STRATEGIES
     from .version import __version__
     parser = OneLineParser(prog="asge", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"asge {__version__}")
@@ -155,13 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help=help_text, description=help_text[0].upper() + help_text[1:] + " on the "
                        "test split, by each strategy (an unfinished run: fusion and last of its last checkpoint).")
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
-    p.add_argument("--strategy", default="all", choices=("all", "fusion", "last", "best"),
+    p.add_argument("--strategy", default="all", choices=("all", *STRATEGIES),
                    help="which strategies to test (default: all of the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--data-root", metavar="DIR", help="read the dataset here instead of the run's data root")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: 256)")
     p.add_argument("--per-class", action="store_true", help="also the test accuracy of each class, by name")
-    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "none"),
+    p.add_argument("--progress", default="auto", choices=PROGRESS_MODES,
                    help="auto (default): a bar on a terminal, lines otherwise (on stderr)")
     p.set_defaults(func=cmd_eval)
     for name, (module, help_text) in EXTRA_COMMANDS.items():

@@ -124,6 +124,32 @@ def _check_block_lists(cfg: "TrainConfig") -> None:
                          f"got {cfg.context_blocks!r}")
 
 
+#: The values of the keys whose names are defined by the config itself (the others come from the modules that
+#: define them: :func:`key_choices`).
+AMP_MODES = ("none", "bf16", "fp16")                  # the training step's precision
+PROGRESS_MODES = ("auto", "bar", "lines", "none")     # how progress is shown (asge/runs/progress.py)
+CUDA_GRAPHS_MODES = ("auto", "on", "off")             # whether the step is one CUDA graph (asge/train/graphs.py)
+AUGMENT_AUTO = "auto"                                 # augment: the dataset's own augmentation
+
+
+def key_choices() -> dict[str, list[str]]:
+    """The valid names of each key that takes one, each list read from the module that defines it (shown as
+    ``{a,b,c}`` in ``--help``, checked by :meth:`TrainConfig.validate`); pools and contexts also take your own
+    module by import path."""
+    from .data import DATASETS
+    from .data.augment import AUGMENTATIONS
+    from .layers import CONTEXTS, NORMS, POOLS
+    from .nn.goodness import GOODNESS_REDUCTIONS, PROJECTIONS
+    from .nn.heads import HEAD_FEATURES
+    from .nn.presets import PRESETS
+    from .recipes import RECIPES
+    return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
+            "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
+            "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": list(AMP_MODES),
+            "progress": list(PROGRESS_MODES), "augment": [AUGMENT_AUTO, *AUGMENTATIONS],
+            "projection": list(PROJECTIONS), "cuda_graphs": list(CUDA_GRAPHS_MODES)}
+
+
 @dataclass
 class TrainConfig:
     recipe: str = "paper"                 # paper | plus: defaults for the keys below (asge/recipes.py)
@@ -133,7 +159,7 @@ class TrainConfig:
     download: bool = False
     subset: Optional[int] = None
     input_size: Optional[int] = None      # imagefolder / imagenet side; others use their native size
-    augment: str = "auto"                 # training augmentation: auto (the dataset's own) | none | hflip | crop-flip | cifar
+    augment: str = AUGMENT_AUTO         # training augmentation: auto (the dataset's own) | none | hflip | crop-flip | cifar
     test_split: Optional[int] = None      # imagefolder without test/: N class-balanced images of train/ held back
     skip_unreadable: bool = False         # image folders: leave unreadable files out (listed in the run directory)
     num_workers: int = 2                  # DataLoader workers (imagefolder / imagenet only)
@@ -212,38 +238,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise ValueError, one line naming the key, the value and what is expected, on any bad value."""
+        """Raise ValueError, one line naming the key, the value and what is expected, on any bad value: every
+        key's type and range, every name (:func:`key_choices`)."""
         check_types_and_ranges(self)
-        from .data import DATASETS
         from .layers import CONTEXTS, NORMS, POOLS
-        from .nn.presets import PRESETS
-        if self.dataset.lower().replace("_", "-") not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.model is not None and self.model not in PRESETS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(PRESETS)}")
+        choices = key_choices()
+        if self.dataset.lower().replace("_", "-") not in choices["dataset"]:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(choices['dataset'])}")
+        _check_choice("method", self.method, choices)
+        if self.model is not None:
+            _check_choice("model", self.model, choices)
         POOLS.check(self.pool)
         NORMS.check(self.norm)
         CONTEXTS.check(self.context)
-        from .data.augment import AUGMENTATIONS
-        if self.augment != "auto" and self.augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augment {self.augment!r}; valid: auto, {', '.join(AUGMENTATIONS)}")
-        from .nn.goodness import PROJECTIONS
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {self.projection!r}; valid: {', '.join(PROJECTIONS)}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"unknown amp {self.amp!r}; valid: none, bf16, fp16")
-        if self.progress not in ("auto", "bar", "lines", "none"):
-            raise ValueError(f"unknown progress {self.progress!r}; valid: auto, bar, lines, none")
-        if self.cuda_graphs not in ("auto", "on", "off"):
-            raise ValueError(f"cuda_graphs: expected auto, on or off, got {self.cuda_graphs!r}")
+        for key in ("augment", "projection", "amp", "progress"):
+            _check_choice(key, getattr(self, key), choices)
+        if self.cuda_graphs not in choices["cuda_graphs"]:
+            *first, last = choices["cuda_graphs"]
+            raise ValueError(f"cuda_graphs: expected {', '.join(first)} or {last}, got {self.cuda_graphs!r}")
         parse_log_interval(self.log_interval)
-        from .nn.heads import HEAD_FEATURES
         from .recipes import recipe_defaults
         recipe_defaults(self.recipe)                 # an unknown recipe: one line listing the valid ones
-        if self.head_features not in HEAD_FEATURES:
-            raise ValueError(f"unknown head_features {self.head_features!r}; valid: {', '.join(HEAD_FEATURES)}")
+        _check_choice("head_features", self.head_features, choices)
         if (self.channels is None) != (self.downsample is None):
             raise ValueError("channels and downsample must be given together (one entry per block)")
 
@@ -270,3 +286,8 @@ class TrainConfig:
         """``"key (other's value -> this value), ..."`` over the non-runtime keys; empty when they agree."""
         mine, theirs = self.architecture(), other.architecture()
         return ", ".join(f"{k} ({theirs.get(k)!r} -> {mine[k]!r})" for k in sorted(mine) if theirs.get(k) != mine[k])
+
+
+def _check_choice(key: str, value, choices: dict) -> None:
+    if value not in choices[key]:
+        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(choices[key])}")

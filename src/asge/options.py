@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import TrainConfig, read_yaml_options
+from .config import TrainConfig, key_choices, read_yaml_options
 
 
 def parse_channels(text: str) -> tuple[list[int], list[bool]]:
@@ -89,7 +89,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-features", help="what the Fusion head reads of each block: gap, goodness "
                                           "(GAP + patch energies), patch (GAP + patch means)")
     g.add_argument("--fusion-from", type=int, metavar="L", help="first block (1-based) the Fusion head reads")
-    g.add_argument("--projection", choices=("fixed", "learned"),
+    g.add_argument("--projection", choices=tuple(key_choices()["projection"]),
                    help="each block's goodness projection: fixed (the paper's fixed random map) or learned "
                         "(the same initial map, trained by the block's own loss: leaves the paper's method)")
     g = p.add_argument_group("optimisation")
@@ -136,23 +136,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     document_train_options(p)
 
 
-def option_choices() -> dict:
-    """The valid names of each option that takes one (shown as ``{a,b,c}`` in ``--help``); pools and
-    contexts also take your own module by import path."""
-    from .config import METHODS
-    from .data import DATASETS
-    from .data.augment import AUGMENTATIONS
-    from .nn.goodness import GOODNESS_REDUCTIONS
-    from .nn.heads import HEAD_FEATURES
-    from .layers import CONTEXTS, NORMS, POOLS
-    from .nn.presets import PRESETS
-    from .recipes import RECIPES
-    return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
-            "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
-            "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": ["none", "bf16", "fp16"],
-            "progress": ["auto", "bar", "lines", "none"], "augment": ["auto", *AUGMENTATIONS]}
-
-
 def _preset_values(key: str) -> str:
     from .nn.presets import PRESETS
     return ", ".join(f"{name} {p[key]:g}" for name, p in PRESETS.items() if key in p)
@@ -181,7 +164,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
     import re
     from .recipes import RECIPES
     fields = {f.name: f for f in dc.fields(TrainConfig)}
-    choices = option_choices()
+    choices = key_choices()
     for action in p._actions:
         key = action.dest
         if key not in fields or action.help == argparse.SUPPRESS:

@@ -51,8 +51,8 @@ from ..layers import CONTEXTS, POOLS
 from ..runs.lock import RunLock
 from ..runs.directory import RunDir
 
-DEFAULT_POOLS = ("rms", "avg", "max", "soft")
-DEFAULT_CONTEXTS = ("none", "sge", "gsop", "gsop-spatial", "ge-minus", "ge", "ge-plus")
+DEFAULT_POOLS = tuple(POOLS)              # every built-in pool (asge/layers registers them) ...
+DEFAULT_CONTEXTS = tuple(CONTEXTS)        # ... and context module
 GRIDS = ("oat", "pool", "context", "full")
 
 #: Columns of ablation.csv, in order. Accuracies are percentages; times are seconds.
