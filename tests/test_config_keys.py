@@ -1,11 +1,15 @@
-"""One source for each fact of the configuration: every list of names comes from the module that defines it."""
+"""One source for each fact of the configuration: every TrainConfig field is a flag with its help next to the
+field (or named, with a reason, as no flag), every list of names comes from the module that defines it."""
 import argparse
+import dataclasses
+
 import pytest
 
 from asge import options
 from asge.cli import build_parser
-from asge.config import AMP_MODES, CUDA_GRAPHS_MODES, PROGRESS_MODES, TrainConfig, key_choices
+from asge.config import (AMP_MODES, CUDA_GRAPHS_MODES, PROGRESS_MODES, TrainConfig, key_choices)
 
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -17,6 +21,57 @@ def train_parser() -> argparse.ArgumentParser:
 def subparser(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices[name]
+
+
+# -- flags from fields ---------------------------------------------------------------------------------------
+def test_every_field_is_a_flag_with_its_help_or_named_as_none():
+    assert set(options.NOT_FLAGS) <= set(FIELDS) and all(options.NOT_FLAGS.values())   # each with its reason
+    by_dest = {a.dest: a for a in train_parser()._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in options.NOT_FLAGS:
+            continue
+        assert f.metadata.get("help"), f"TrainConfig.{f.name}: no help text in its field metadata"
+        assert f.metadata["group"] in (None, "data", "model", "optimisation", "execution"), f.name
+        dest = "context_option" if f.name == "context_options" else f.name
+        assert dest in by_dest, f"TrainConfig.{f.name} has no flag"
+        assert by_dest[dest].help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    flags = {f.name for f, _, _ in options.train_flags()}
+    assert flags == set(FIELDS) - set(options.NOT_FLAGS)
+    assert set(options.CONFIG_FLAGS) == flags - {"channels", "context_options"}
+
+
+def test_flags_keep_their_names_types_and_groups():
+    p = train_parser()
+    by_flag = {s: a for a in p._actions for s in a.option_strings}
+    group_of = {a.dest: g.title for g in p._action_groups for a in g._group_actions}
+    assert by_flag["--data-root"].metavar == "DIR" and group_of["data_root"] == "data"
+    assert by_flag["--subset"].type is int and by_flag["--lr"].type is float and by_flag["--dataset"].type is None
+    assert isinstance(by_flag["--download"], argparse._StoreTrueAction) and by_flag["--download"].default is None
+    assert by_flag["--context-option"].dest == "context_option" and by_flag["--context-option"].metavar == "KEY=VALUE"
+    assert by_flag["--channels"].type is options.parse_channels and "--downsample" not in by_flag
+    assert by_flag["--projection"].choices == ("fixed", "learned")
+    assert by_flag["--cuda-graphs"].metavar == "auto|on|off" and group_of["cuda_graphs"] == "execution"
+    order = [a.dest for a in p._actions if a.option_strings][1:]        # after -h
+    assert order[:3] == ["config", "recipe", "dataset"] and order[order.index("out") + 1] == "resume"
+    assert [g.title for g in p._action_groups][2:] == ["data", "model", "optimisation", "execution"]
+
+
+def test_a_list_field_without_a_parser_is_refused_when_the_flags_are_made(monkeypatch):
+    special = dict(options.FLAG_SPECIAL)
+    del special["context_blocks"]
+    monkeypatch.setattr(options, "FLAG_SPECIAL", special)
+    with pytest.raises(TypeError, match="context_blocks"):
+        options.train_flags()
+
+
+def test_flags_still_make_the_same_config(tmp_path):
+    args = train_parser().parse_args(["--channels", "8,16v", "--context", "sge", "--context-option", "groups=4",
+                                      "--context-blocks", "2", "--download", "--lr", "0.01", "--log-interval",
+                                      "30s", "--recipe", "plus"])
+    cfg = options.config_from_args(args)
+    assert (cfg.channels, cfg.downsample, cfg.context_options, cfg.context_blocks) == ([8, 16], [False, True],
+                                                                                       {"groups": 4}, [2])
+    assert (cfg.download, cfg.lr, cfg.log_interval, cfg.head_lr, cfg.recipe) == (True, 0.01, "30s", 1e-2, "plus")
 
 
 # -- lists of names ------------------------------------------------------------------------------------------
@@ -32,7 +87,6 @@ def test_choices_come_from_their_modules():
     assert (choices["amp"], choices["progress"], choices["cuda_graphs"]) == (list(AMP_MODES), list(PROGRESS_MODES),
                                                                              list(CUDA_GRAPHS_MODES))
     by_flag = {s: a for a in train_parser()._actions for s in a.option_strings}
-    assert by_flag["--projection"].choices == ("fixed", "learned")
     assert by_flag["--amp"].metavar == "{" + ",".join(AMP_MODES) + "}"
     assert by_flag["--progress"].metavar == "{" + ",".join(PROGRESS_MODES) + "}"
     evaluate = {s: a for a in subparser("eval")._actions for s in a.option_strings}

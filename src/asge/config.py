@@ -150,62 +150,127 @@ def key_choices() -> dict[str, list[str]]:
             "projection": list(PROJECTIONS), "cuda_graphs": list(CUDA_GRAPHS_MODES)}
 
 
+def _preset_values(key: str) -> str:
+    from .nn.presets import PRESETS
+    return ", ".join(f"{name} {p[key]:g}" for name, p in PRESETS.items() if key in p)
+
+
+def _section(group: Optional[str]):
+    """The field maker of one group of options (``data``, ``model``, ...; None: the command's own): each field
+    carries its ``--help`` text, and where needed its metavar and the text of a default that is not the
+    field's plain value (a callable: read when the help is made), as dataclass field metadata."""
+    def option(default=None, help: str = "", *, factory=None, metavar: Optional[str] = None,
+               default_text=None):
+        metadata = {"group": group, "help": help, "metavar": metavar, "default_text": default_text}
+        if factory is not None:
+            return field(default_factory=factory, metadata=metadata)
+        return field(default=default, metadata=metadata)
+    return option
+
+
+_top, _data, _model, _optimisation, _execution = (_section(g) for g in (None, "data", "model", "optimisation",
+                                                                         "execution"))
+
+
 @dataclass
 class TrainConfig:
-    recipe: str = "paper"                 # paper | plus: defaults for the keys below (asge/recipes.py)
+    """Every option of a training run. Each field is an ``asge train`` flag (``--data-root`` for
+    ``data_root``; asge/options.py derives them, and names the fields that are not one), its ``--help`` text
+    in the field's metadata."""
+
+    recipe: str = _top("paper", "paper (the paper's recipe), plus (the improved local recipe) or colour (plus with "
+                                "learned goodness projections, no augmentation, batch 32: for short budgets; "
+                                "docs/accuracy.md): sets defaults that --config and flags override")
     # data
-    dataset: str = "digits"
-    data_root: Optional[str] = None
-    download: bool = False
-    subset: Optional[int] = None
-    input_size: Optional[int] = None      # imagefolder / imagenet side; others use their native size
-    augment: str = AUGMENT_AUTO         # training augmentation: auto (the dataset's own) | none | hflip | crop-flip | cifar
-    test_split: Optional[int] = None      # imagefolder without test/: N class-balanced images of train/ held back
-    skip_unreadable: bool = False         # image folders: leave unreadable files out (listed in the run directory)
-    num_workers: int = 2                  # DataLoader workers (imagefolder / imagenet only)
+    dataset: str = _data("digits", "dataset to train and test on")
+    data_root: Optional[str] = _data(None, "where the dataset lives: used as given, or refused if the files are "
+                                           "not there", metavar="DIR",
+                                     default_text="./data, and for fashion-mnist also /usr/share/datasets/fashion-mnist")
+    download: bool = _data(False, "download the dataset if missing")
+    subset: Optional[int] = _data(None, "train on a random subset of N training images (from --seed)",
+                                  default_text="all the training images")
+    input_size: Optional[int] = _data(None, "image side for imagefolder/imagenet",  # others: their native size
+                                      default_text="the dataset's: digits 8, imagenet 224, others 32")
+    augment: str = _data(AUGMENT_AUTO, "training augmentation; auto: the dataset's own (CIFAR and ImageFolder trees of "
+                                       "S x S images: cifar; Fashion-MNIST: hflip; digits, MNIST: none; larger images: "
+                                       "RandomResizedCrop + flip); crop-flip: 4 px padded crop + flip")
+    test_split: Optional[int] = _data(None, "imagefolder without test/: hold back N class-balanced images of train/ "
+                                            "(seed 42) as the test split", metavar="N",
+                                      default_text="none: the tree's own test/ (or val/) folder")
+    skip_unreadable: bool = _data(False, "imagefolder/imagenet: leave unreadable image files out (every image is "
+                                         "decoded once to find them), say how many, list them in the run "
+                                         "directory's unreadable.txt")
+    num_workers: int = _data(2, "data loader workers (imagefolder/imagenet)")
     # model
-    model: Optional[str] = None           # a preset; None: digits for images of up to 16 px, else quick
-    width: float = 1.0
-    channels: Optional[list] = None       # custom widths (overrides the preset's)
-    downsample: Optional[list] = None     # custom pooling flags, one per block (bools or 0/1)
-    alpha: float = 1.0
-    pool: str = "rms"
-    norm: str = "layer"
-    goodness: str = "mean"
-    context: str = "none"
-    context_options: dict = field(default_factory=dict)
-    context_blocks: Optional[list] = None  # 1-based blocks that get the context module (None = all)
-    dropout: float = 0.1
-    head_features: str = "gap"            # what the Fusion head reads of Y_l: gap | goodness | patch
-    fusion_from: int = 2                  # first block (1-based) the Fusion head reads; the paper skips block 1
-    projection: str = "fixed"             # each block's goodness projection: fixed (the paper) | learned
+    model: Optional[str] = _model(None, "architecture preset (default: digits for images of up to 16 px, else "
+                                        "quick)")         # None: nn.presets.default_preset of the image size
+    width: float = _model(1.0, "width multiplier for the preset's channels")
+    channels: Optional[list] = _model(None, "custom blocks, e.g. 64,128v,128,256v (v = pool after)",
+                                      default_text="the preset's, scaled by --width")   # overrides the preset's
+    downsample: Optional[list] = _model(None)   # pooling flags, one per block (bools or 0/1): --channels' v
+    alpha: float = _model(1.0, "partition granularity (P_l = floor(alpha*C_L/C_l))")
+    pool: str = _model("rms", "2x2 pooling after a v block; or your own by import path, pkg.module:Name")
+    norm: str = _model("layer", "block entry norm")
+    goodness: str = _model("mean", "patch energy: mean or sum of Y^2 over each patch")
+    context: str = _model("none", "context module after each block's ReLU; or your own by import path, "
+                                  "pkg.module:Name")
+    context_options: dict = _model(factory=dict, help="option for the context module (repeatable), e.g. "
+                                                      "groups=32, extent=4", metavar="KEY=VALUE")
+    context_blocks: Optional[list] = _model(None, "1-based blocks that get the context module, e.g. 2,3,4 "
+                                                  "(default: all)")
+    dropout: float = _model(0.1, "dropout probability after each block's pooling")
+    head_features: str = _model("gap", "what the Fusion head reads of each block: gap, goodness (GAP + patch "
+                                       "energies), patch (GAP + patch means)")
+    fusion_from: int = _model(2, "first block (1-based) the Fusion head reads", metavar="L")  # the paper skips 1
+    projection: str = _model("fixed", "each block's goodness projection: fixed (the paper's fixed random map) or "
+                                      "learned (the same initial map, trained by the block's own loss: leaves "
+                                      "the paper's method)")
     # optimisation
-    method: str = "asge"
-    epochs: Optional[int] = None          # None: the preset's default
-    batch_size: int = 128
-    lr: Optional[float] = None            # None: the preset's default
-    head_lr: Optional[float] = None       # None: the preset's head_lr, else lr
-    weight_decay: float = 1e-3
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.0
-    seed: int = 0
+    method: str = _optimisation("asge", "asge, or bp (the backprop baseline on the same blocks)")
+    epochs: Optional[int] = _optimisation(None, "training epochs", metavar="N",
+                                          default_text=lambda: f"the preset's: {_preset_values('epochs')}")
+    batch_size: int = _optimisation(128, "training images per step", metavar="N")
+    lr: Optional[float] = _optimisation(None, "peak learning rate of the blocks",
+                                        default_text=lambda: f"the preset's: {_preset_values('lr')}")
+    head_lr: Optional[float] = _optimisation(None, "learning rate of the Fusion/Last heads",
+                                             default_text=lambda: f"the preset's head lr "
+                                                                  f"({_preset_values('head_lr')}), else --lr (the VGGs)")
+    weight_decay: float = _optimisation(1e-3, "AdamW weight decay (blocks and heads)")
+    min_lr: float = _optimisation(1e-5, "learning rate at the end of the cosine schedule")
+    label_smoothing: float = _optimisation(0.0, "label smoothing of every cross-entropy")
+    seed: int = _optimisation(0, "draws the init, the projections, data order, dropout and --subset")
     # execution
-    device: str = "auto"
-    amp: str = "none"                     # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
-    pipeline: int = 1                     # stages (processes) of a pipelined ASGE run; 1 = sequential
-    cuda_graphs: str = "auto"             # auto | on | off: the whole step as one CUDA graph (auto: off for now)
-    out: Optional[str] = None
-    tensorboard: bool = False
-    progress: str = "auto"                # auto | bar | lines | none
-    checkpoint_every: int = 0             # also checkpoint every N steps within an epoch (0: at epoch ends only)
-    log_interval: Optional[object] = None  # progress lines: N (steps) or "Ns" (seconds); None: auto
-    val_every: int = 1                    # validate every N epochs (and always after the last one)
-    val_subset: Optional[int] = None      # validate on a fixed (seed 42) subset of N validation images
-    init_from: Optional[str] = None       # start from another run's model weights (new optimizer, schedule)
+    device: str = _execution("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
+    amp: str = _execution("none", "mixed precision")
+    channels_last: bool = _execution(False, "channels_last memory format")
+    compile: bool = _execution(False, "torch.compile each block")
+    pipeline: int = _execution(1, "run the blocks as K pipelined stages, one process each (ASGE; same result as "
+                                  "K=1)", metavar="K", default_text="1: one process")
+    cuda_graphs: str = _execution("auto", "capture the whole training step as one CUDA graph and replay it (on: "
+                                          "CUDA only; auto means off until the CUDA graph tests have passed on a "
+                                          "GPU)", metavar="|".join(CUDA_GRAPHS_MODES))
+    out: Optional[str] = _execution(None, "run directory (default: runs/<dataset>-<model>-<method>-<time>)",
+                                    metavar="DIR")
+    tensorboard: bool = _execution(False, "write TensorBoard events to the run")
+    progress: str = _execution("auto", "auto: a bar on a terminal, lines otherwise")
+    checkpoint_every: int = _execution(0, "also write a resumable checkpoint every N steps within an epoch (long "
+                                          "epochs); SIGTERM / SIGINT always write one at the step they stop",
+                                       metavar="N", default_text="0: at epoch ends only")
+    log_interval: Optional[object] = _execution(None, "a progress line every N steps, or every N seconds with an s "
+                                                      "suffix (e.g. 30s); default auto: on a terminal a bar, "
+                                                      "otherwise a line when both 30 s and a quarter of the epoch "
+                                                      "have passed", metavar="N|Ns")
+    val_every: int = _execution(1, "validate every N epochs, and always after the last (checkpoint selection uses "
+                                   "the validated epochs)", metavar="N")
+    val_subset: Optional[int] = _execution(None, "validate on a fixed subset of N validation images (seed 42, the "
+                                                 "same for every run); the final test always uses the whole test "
+                                                 "split", metavar="N", default_text="the whole validation split")
+    init_from: Optional[str] = _execution(None, "start from another run's model weights (its best checkpoint; "
+                                                "RUN/checkpoints/X.pt for another), with a new optimizer and "
+                                                "schedule", metavar="RUN")
 
     # Keys that may differ between a run and its resumption.
+    #: Where and how the run executes and reports: may differ between a run and its resumption.
     RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline",
                     "cuda_graphs",
                     "checkpoint_every", "log_interval")

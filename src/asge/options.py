@@ -1,11 +1,14 @@
-"""The ``asge train`` options: a flag for every :class:`~asge.config.TrainConfig` field, their help with the
-choices and defaults read off the config, the presets and the recipes, and the merge of defaults, recipe,
-config.yaml, ``--config`` YAML and flags into one config. ``asge train``, ``asge ablate`` and ``asge bench``
+"""The ``asge train`` options: a flag for every :class:`~asge.config.TrainConfig` field, derived from the fields
+(their types, and the help texts of their metadata), the help completed with the choices and defaults read off
+the config, the presets and the recipes, and the merge of defaults, recipe, config.yaml, ``--config`` YAML and
+flags into one config. ``asge train``, ``asge ablate`` and ``asge bench``
 share them.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
 
 from .config import TrainConfig, key_choices, read_yaml_options
@@ -47,123 +50,73 @@ def parse_option(text: str) -> tuple[str, object]:
                                          "list") from None
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags for every TrainConfig field; defaults are None so that YAML and presets fill the gaps."""
-    a = p.add_argument
-    a("--config", help="YAML file of options (flags given here override it)")
-    a("--recipe", help="paper (the paper's recipe), plus (the improved local recipe) or colour (plus with "
-                       "learned goodness projections, no augmentation, batch 32: for short budgets; "
-                       "docs/accuracy.md): sets defaults that --config and flags override")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="dataset to train and test on")
-    g.add_argument("--data-root", metavar="DIR", help="where the dataset lives: used as given, or refused if the "
-                                                      "files are not there")
-    g.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
-    g.add_argument("--subset", type=int, help="train on a random subset of N training images (from --seed)")
-    g.add_argument("--input-size", type=int, help="image side for imagefolder/imagenet")
-    g.add_argument("--augment", help="training augmentation; auto: the dataset's own (CIFAR and ImageFolder trees "
-                                     "of S x S images: cifar; Fashion-MNIST: hflip; digits, MNIST: none; larger "
-                                     "images: RandomResizedCrop + flip); crop-flip: 4 px padded crop + flip")
-    g.add_argument("--test-split", type=int, metavar="N",
-                   help="imagefolder without test/: hold back N class-balanced images of train/ (seed 42) "
-                        "as the test split")
-    g.add_argument("--skip-unreadable", action="store_true", default=None,
-                   help="imagefolder/imagenet: leave unreadable image files out (every image is decoded once to "
-                        "find them), say how many, list them in the run directory's unreadable.txt")
-    g.add_argument("--num-workers", type=int, help="data loader workers (imagefolder/imagenet)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="architecture preset (default: digits for images of up to 16 px, else quick)")
-    g.add_argument("--width", type=float, help="width multiplier for the preset's channels")
-    g.add_argument("--channels", type=parse_channels, help="custom blocks, e.g. 64,128v,128,256v (v = pool after)")
-    g.add_argument("--alpha", type=float, help="partition granularity (P_l = floor(alpha*C_L/C_l))")
-    g.add_argument("--pool", help="2x2 pooling after a v block; or your own by import path, pkg.module:Name")
-    g.add_argument("--norm", help="block entry norm")
-    g.add_argument("--goodness", help="patch energy: mean or sum of Y^2 over each patch")
-    g.add_argument("--context", help="context module after each block's ReLU; or your own by import path, "
-                                     "pkg.module:Name")
-    g.add_argument("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
-                   help="option for the context module (repeatable), e.g. groups=32, extent=4")
-    g.add_argument("--context-blocks", type=parse_int_list,
-                   help="1-based blocks that get the context module, e.g. 2,3,4 (default: all)")
-    g.add_argument("--dropout", type=float, help="dropout probability after each block's pooling")
-    g.add_argument("--head-features", help="what the Fusion head reads of each block: gap, goodness "
-                                          "(GAP + patch energies), patch (GAP + patch means)")
-    g.add_argument("--fusion-from", type=int, metavar="L", help="first block (1-based) the Fusion head reads")
-    g.add_argument("--projection", choices=tuple(key_choices()["projection"]),
-                   help="each block's goodness projection: fixed (the paper's fixed random map) or learned "
-                        "(the same initial map, trained by the block's own loss: leaves the paper's method)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--method", help="asge, or bp (the backprop baseline on the same blocks)")
-    g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
-    g.add_argument("--batch-size", type=int, metavar="N", help="training images per step")
-    g.add_argument("--lr", type=float, help="peak learning rate of the blocks")
-    g.add_argument("--head-lr", type=float, help="learning rate of the Fusion/Last heads")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (blocks and heads)")
-    g.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine schedule")
-    g.add_argument("--label-smoothing", type=float, help="label smoothing of every cross-entropy")
-    g.add_argument("--seed", type=int, help="draws the init, the projections, data order, dropout and --subset")
-    g = p.add_argument_group("execution")
-    g.add_argument("--device", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--amp", help="mixed precision")
-    g.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
-    g.add_argument("--pipeline", type=int, metavar="K",
-                   help="run the blocks as K pipelined stages, one process each (ASGE; same result as K=1)")
-    g.add_argument("--cuda-graphs", metavar="auto|on|off",
-                   help="capture the whole training step as one CUDA graph and replay it (on: CUDA only; auto "
-                        "means off until the CUDA graph tests have passed on a GPU)")
-    g.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<model>-<method>-<time>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
-                                                         "(a finished run: says so and stops)")
-    g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard events to the run")
-    g.add_argument("--progress", help="auto: a bar on a terminal, lines otherwise")
-    g.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="also write a resumable checkpoint every N steps within an epoch (long epochs); "
-                        "SIGTERM / SIGINT always write one at the step they stop")
-    g.add_argument("--log-interval", metavar="N|Ns",
-                   help="a progress line every N steps, or every N seconds with an s suffix (e.g. 30s); "
-                        "default auto: on a terminal a bar, otherwise a line when both 30 s and a quarter of "
-                        "the epoch have passed")
-    g.add_argument("--val-every", type=int, metavar="N",
-                   help="validate every N epochs, and always after the last (checkpoint selection uses the "
-                        "validated epochs)")
-    g.add_argument("--val-subset", type=int, metavar="N",
-                   help="validate on a fixed subset of N validation images (seed 42, the same for every run); "
-                        "the final test always uses the whole test split")
-    g.add_argument("--init-from", metavar="RUN",
-                   help="start from another run's model weights (its best checkpoint; RUN/checkpoints/X.pt "
-                        "for another), with a new optimizer and schedule")
-    document_train_options(p)
+#: TrainConfig fields that are no flag of their own, and why.
+NOT_FLAGS = {"downsample": "--channels sets it with channels: a v after a block's width pools after that block"}
 
-
-def _preset_values(key: str) -> str:
-    from .nn.presets import PRESETS
-    return ", ".join(f"{name} {p[key]:g}" for name, p in PRESETS.items() if key in p)
-
-
-#: Defaults that are not a TrainConfig field's plain value.
-DEFAULT_TEXT = {
-    "epochs": lambda: f"the preset's: {_preset_values('epochs')}",
-    "lr": lambda: f"the preset's: {_preset_values('lr')}",
-    "head_lr": lambda: f"the preset's head lr ({_preset_values('head_lr')}), else --lr (the VGGs)",
-    "subset": lambda: "all the training images",
-    "input_size": lambda: "the dataset's: digits 8, imagenet 224, others 32",
-    "channels": lambda: "the preset's, scaled by --width",
-    "data_root": lambda: "./data, and for fashion-mnist also /usr/share/datasets/fashion-mnist",
-    "checkpoint_every": lambda: "0: at epoch ends only",
-    "pipeline": lambda: "1: one process",
-    "val_subset": lambda: "the whole validation split",
-    "test_split": lambda: "none: the tree's own test/ (or val/) folder",
+#: Flags that are not the plain ``--<field name>`` reading the field's type (int, float, a bool as a switch,
+#: else text): argparse keywords by field. A list or dict field needs one here (or a reason in NOT_FLAGS).
+FLAG_SPECIAL = {
+    "channels": dict(type=parse_channels),          # its value sets channels and downsample (config_from_args)
+    "context_options": dict(flag="--context-option", type=parse_option, action="append"),
+    "context_blocks": dict(type=parse_int_list),
+    "projection": dict(choices=True),               # refused by argparse (did you mean ...?), not by validate
 }
 
 
+def train_flags() -> list[tuple[dataclasses.Field, str, dict]]:
+    """(field, flag, argparse keywords) of every TrainConfig field that is a flag, in the fields' order: the
+    keywords read off the field's type and metadata (help, metavar) and :data:`FLAG_SPECIAL`."""
+    hints = typing.get_type_hints(TrainConfig)
+    flags = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_FLAGS:
+            continue
+        special = dict(FLAG_SPECIAL.get(f.name, {}))
+        flag = special.pop("flag", "--" + f.name.replace("_", "-"))
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        kw: dict = {"help": f.metadata.get("help")}
+        if kind is bool:
+            kw.update(action="store_true", default=None)
+        elif kind in (int, float):
+            kw["type"] = kind
+        elif kind in (list, dict) and "type" not in special:
+            raise TypeError(f"TrainConfig.{f.name}: a {kind.__name__} field needs its parser in FLAG_SPECIAL "
+                            "(asge/options.py), or a reason in NOT_FLAGS")
+        if f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        if special.pop("choices", False):
+            kw["choices"] = tuple(key_choices()[f.name])
+        kw.update(special)
+        if not kw["help"]:
+            raise TypeError(f"TrainConfig.{f.name} has no help text (its field metadata, asge/config.py)")
+        flags.append((f, flag, kw))
+    return flags
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """A flag for every TrainConfig field (:func:`train_flags`), in the field's group; defaults are None so that
+    YAML and presets fill the gaps."""
+    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    groups: dict = {None: p}
+    for f, flag, kw in train_flags():
+        group = f.metadata.get("group")
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        groups[group].add_argument(flag, **kw)
+        if f.name == "out":               # not a config key: what to do with the run in --out
+            groups[group].add_argument("--resume", action="store_true",
+                                       help="continue the run in --out from its last checkpoint (a finished run: "
+                                            "says so and stops)")
+    document_train_options(p)
+
+
 def document_train_options(p: argparse.ArgumentParser) -> None:
-    """Give every train flag its choices (``{rms,avg,max,soft}``) and its default, read off TrainConfig, the
-    presets and the recipes (so that ``--help`` cannot drift from what a run does)."""
-    import dataclasses as dc
+    """Give every train flag its choices (``{rms,avg,max,soft}``) and its default, read off TrainConfig (a
+    field's default, or the ``default_text`` of its metadata), the presets and the recipes (so that ``--help``
+    cannot drift from what a run does)."""
     import re
     from .recipes import RECIPES
-    fields = {f.name: f for f in dc.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     choices = key_choices()
     for action in p._actions:
         key = action.dest
@@ -178,9 +131,10 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
         if re.search(r"\bdefault\b", action.help or ""):    # says its default itself
             continue
         f = fields[key]
-        value = f.default if f.default is not dc.MISSING else f.default_factory()
-        if key in DEFAULT_TEXT:
-            text = DEFAULT_TEXT[key]()
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default_text = f.metadata.get("default_text")
+        if default_text is not None:
+            text = default_text() if callable(default_text) else default_text
         elif isinstance(value, bool):
             text = "on" if value else "off"
         elif value is None:
@@ -199,13 +153,9 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
         action.help = f"{action.help or ''} (default: {text.replace('%', '%%')})".strip()
 
 
-CONFIG_FLAGS = ("recipe", "dataset", "data_root", "download", "subset", "input_size", "augment", "test_split",
-                "skip_unreadable", "num_workers", "model",
-                "width", "alpha", "pool", "norm", "goodness", "context", "context_blocks", "dropout",
-                "head_features", "fusion_from", "projection", "method", "epochs",
-                "batch_size", "lr", "head_lr", "weight_decay", "min_lr", "label_smoothing", "seed", "device",
-                "amp", "channels_last", "compile", "pipeline", "cuda_graphs", "out", "tensorboard", "progress", "checkpoint_every",
-                "log_interval", "val_every", "val_subset", "init_from")
+#: The fields whose flag gives their value as parsed (all but NOT_FLAGS, channels and context_options).
+CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                     if f.name not in NOT_FLAGS and f.name not in ("channels", "context_options"))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
