@@ -1,12 +1,13 @@
 """One source for each fact of the configuration: every TrainConfig field is a flag with its help next to the
-field (or named, with a reason, as no flag), every list of names comes from the module that defines it."""
+field (or named, with a reason, as no flag), every list of names comes from the module that defines it, the
+context options are checked where a config is validated."""
 import argparse
 import dataclasses
 
 import pytest
 
 from asge import options
-from asge.cli import build_parser
+from asge.cli import build_parser, main
 from asge.config import (AMP_MODES, CUDA_GRAPHS_MODES, PROGRESS_MODES, TrainConfig, key_choices)
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -106,3 +107,31 @@ def test_a_name_not_in_its_list_is_refused_in_one_line(key, value, message):
     with pytest.raises(ValueError) as e:
         TrainConfig.from_dict({key: value})
     assert str(e.value) == message
+
+
+# -- context options: checked with the config ----------------------------------------------------------------
+def test_context_options_are_checked_where_the_config_is_validated():
+    with pytest.raises(ValueError, match="has no option 'extnt'.*it takes: .*extent"):
+        TrainConfig.from_dict({"context": "ge", "context_options": {"extnt": 4}})
+    with pytest.raises(ValueError, match="context 'none' takes no options"):
+        TrainConfig(context_options={"groups": 8}).validate()
+    TrainConfig.from_dict({"context": "sge", "context_options": {"groups": 8}})
+    # a template (asge ablate's base) holds the options of every module of its grid: checked per setting
+    template = TrainConfig.from_dict({"context_options": {"sge:groups": 8, "reduction": 4}}, template=True)
+    assert template.context_options == {"sge:groups": 8, "reduction": 4}
+
+
+def test_cli_refuses_a_bad_context_option_in_one_line(tmp_path, capsys):
+    code = main(["train", "--context", "sge", "--context-option", "grups=4", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("asge train: error: context 'sge'") and "grups" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_ablate_base_takes_per_module_options(tmp_path):
+    p = argparse.ArgumentParser()
+    from asge.tools.ablate import add_arguments
+    add_arguments(p)
+    args = p.parse_args(["--context-option", "sge:groups=8", "--context-option", "reduction=4"])
+    cfg = options.config_from_args(args, template=True)
+    assert cfg.context == "none" and cfg.context_options == {"sge:groups": 8, "reduction": 4}

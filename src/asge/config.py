@@ -276,9 +276,9 @@ class TrainConfig:
                     "checkpoint_every", "log_interval")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, *, template: bool = False) -> "TrainConfig":
         """A config from the keys given; the keys not given come from ``d["recipe"]`` (asge/recipes.py),
-        then from the dataclass defaults."""
+        then from the dataclass defaults. ``template``: see :meth:`validate`."""
         from .recipes import recipe_defaults
         d = {str(k).replace("-", "_"): v for k, v in d.items()}
         names = {f.name for f in dataclasses.fields(cls)}
@@ -290,7 +290,7 @@ class TrainConfig:
             raise ValueError(f"recipe: expected a string, got {recipe!r}")
         d = {**recipe_defaults(recipe), **d}
         cfg = cls(**d)
-        cfg.validate()
+        cfg.validate(template=template)
         return cfg
 
     @classmethod
@@ -302,9 +302,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> None:
+    def validate(self, *, template: bool = False) -> None:
         """Raise ValueError, one line naming the key, the value and what is expected, on any bad value: every
-        key's type and range, every name (:func:`key_choices`)."""
+        key's type and range, every name (:func:`key_choices`), and the context options (keys the context
+        module takes: :func:`~asge.layers.context.check_context_options`, before any data is read).
+
+        ``template``: the config is the template of others (``asge ablate``'s base, whose ``context_options``
+        hold the options of every module of its grid, ``sge:groups=8``): its context options are left to be
+        checked in each config made from it."""
         check_types_and_ranges(self)
         from .layers import CONTEXTS, NORMS, POOLS
         choices = key_choices()
@@ -327,6 +332,9 @@ class TrainConfig:
         _check_choice("head_features", self.head_features, choices)
         if (self.channels is None) != (self.downsample is None):
             raise ValueError("channels and downsample must be given together (one entry per block)")
+        if not template:
+            from .layers.context import check_context_options
+            check_context_options(self.context, self.context_options)
 
     def image_size(self) -> int:
         """The side S of the images the run reads: ``input_size``, else the dataset's own."""

@@ -158,9 +158,10 @@ CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                      if f.name not in NOT_FLAGS and f.name not in ("channels", "context_options"))
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, *, template: bool = False) -> TrainConfig:
     """Defaults < the recipe's (``--recipe``, or the YAML's ``recipe``) < the run's own config.yaml (when
-    resuming) < --config YAML < flags."""
+    resuming) < --config YAML < flags. ``template``: the config is a template of others
+    (:meth:`TrainConfig.validate`: ``asge ablate``'s base)."""
     overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "channels", None) is not None:
         overrides["channels"], overrides["downsample"] = args.channels
@@ -173,4 +174,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         base.update(read_yaml_options(args.config))
     base.update(overrides)
-    return TrainConfig.from_dict(base)
+    return TrainConfig.from_dict(base, template=template)

@@ -78,7 +78,9 @@ def context_option_keys(name: str):
 
 def check_context_options(name: str, options) -> None:
     """A ValueError, one line, unless every key of ``options`` is one that context ``name`` takes: the line
-    names the module, the bad key and the keys it takes."""
+    names the module, the bad key and the keys it takes. Called where a training config is validated
+    (``TrainConfig.validate``: before any data is read) and by :func:`create_context` (the layers used
+    directly); nowhere else needs to."""
     options = dict(options or {})
     if not options:
         return

@@ -233,7 +233,7 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
         POOLS.check(p)
     for c in contexts:
         CONTEXTS.check(c)
-    base_cfg.validate()
+    base_cfg.validate(template=True)      # its context options: per module, by check_option_keys below
     if getattr(base_cfg, "pipeline", 1) > 1:
         raise AsgeError("asge ablate trains each setting in this process; --pipeline is not supported here")
     common, per = split_context_options(base_cfg.context_options)
@@ -500,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
     from ..options import config_from_args
     out = args.out
     args.out, args.resume = None, False    # --out is the ablation's directory, not a run's
-    base = config_from_args(args)
+    base = config_from_args(args, template=True)   # its context options: per module (run_ablation checks them)
     if out is None:
         out = str(Path("runs") / f"ablation-{base.dataset}-{base.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     command = "asge ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
