@@ -1,6 +1,6 @@
 """One source for each fact of the configuration: every TrainConfig field is a flag with its help next to the
 field (or named, with a reason, as no flag), every list of names comes from the module that defines it, the
-context options are checked where a config is validated."""
+context options are checked where a config is validated, and the keys --resume compares are named lists."""
 import argparse
 import dataclasses
 
@@ -11,6 +11,8 @@ from asge.cli import build_parser, main
 from asge.config import (AMP_MODES, CUDA_GRAPHS_MODES, PROGRESS_MODES, TrainConfig, key_choices)
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+KEY_LISTS = {"network": TrainConfig.NETWORK_KEYS, "data": TrainConfig.DATA_KEYS,
+             "training": TrainConfig.TRAINING_KEYS, "runtime": TrainConfig.RUNTIME_KEYS}
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -135,3 +137,23 @@ def test_ablate_base_takes_per_module_options(tmp_path):
     args = p.parse_args(["--context-option", "sge:groups=8", "--context-option", "reduction=4"])
     cfg = options.config_from_args(args, template=True)
     assert cfg.context == "none" and cfg.context_options == {"sge:groups": 8, "reduction": 4}
+
+
+# -- what --resume compares ----------------------------------------------------------------------------------
+def test_every_field_is_in_exactly_one_key_list():
+    listed = [k for keys in KEY_LISTS.values() for k in keys]
+    assert sorted(listed) == sorted(FIELDS), (set(listed) ^ set(FIELDS), [k for k in listed if listed.count(k) > 1])
+
+
+def test_resume_compares_the_network_data_and_training_keys_only():
+    cfg = TrainConfig()
+    assert set(cfg.defining_values()) == set(FIELDS) - set(TrainConfig.RUNTIME_KEYS)
+    assert not cfg.differences(dataclasses.replace(cfg, out="elsewhere", device="cpu", num_workers=0,
+                                                   progress="none", pipeline=2, cuda_graphs="off",
+                                                   checkpoint_every=5, log_interval="30s", download=True,
+                                                   data_root="/data", tensorboard=True))
+    for key, value in [("width", 0.5), ("dataset", "mnist"), ("lr", 0.1), ("seed", 1), ("epochs", 3),
+                       ("amp", "bf16"), ("val_subset", 100), ("recipe", "plus")]:
+        assert cfg.differences(dataclasses.replace(cfg, **{key: value})).startswith(f"{key} ({value!r} -> "), key
+    assert "epochs" in TrainConfig.TRAINING_KEYS           # --resume --epochs N may extend (train/resume.py)
+    assert "cuda_graphs" in TrainConfig.RUNTIME_KEYS       # a run may resume with or without graphs

@@ -176,7 +176,7 @@ _top, _data, _model, _optimisation, _execution = (_section(g) for g in (None, "d
 class TrainConfig:
     """Every option of a training run. Each field is an ``asge train`` flag (``--data-root`` for
     ``data_root``; asge/options.py derives them, and names the fields that are not one), its ``--help`` text
-    in the field's metadata."""
+    in the field's metadata. The tuples below sort the keys by what they define, for ``--resume``."""
 
     recipe: str = _top("paper", "paper (the paper's recipe), plus (the improved local recipe) or colour (plus with "
                                 "learned goodness projections, no augmentation, batch 32: for short budgets; "
@@ -269,11 +269,23 @@ class TrainConfig:
                                                 "RUN/checkpoints/X.pt for another), with a new optimizer and "
                                                 "schedule", metavar="RUN")
 
-    # Keys that may differ between a run and its resumption.
+    # What each key defines, for ``--resume`` (nanoGPT's resume check): a run continues only with the values it
+    # was started with for every key of NETWORK_KEYS, DATA_KEYS and TRAINING_KEYS (``--resume --epochs N``
+    # may still extend it: asge/train/resume.py's ``extends``); RUNTIME_KEYS may differ. Every field is in
+    # exactly one of them (tests/test_config_keys.py).
+    #: The network: its blocks, their local read-out and the heads (what the state dict holds and how it is used).
+    NETWORK_KEYS = ("model", "width", "channels", "downsample", "alpha", "pool", "norm", "goodness", "context",
+                    "context_options", "context_blocks", "dropout", "head_features", "fusion_from", "projection")
+    #: The images: which dataset, which of its images, at what size, how they are augmented.
+    DATA_KEYS = ("dataset", "subset", "input_size", "augment", "test_split", "skip_unreadable")
+    #: How the network is trained and its checkpoint chosen: the recipe, the method, the optimizer and its
+    #: schedule, the seed, the arithmetic of a step (amp, channels_last, compile), validation, the starting weights.
+    TRAINING_KEYS = ("recipe", "method", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "min_lr",
+                     "label_smoothing", "seed", "amp", "channels_last", "compile", "val_every", "val_subset",
+                     "init_from")
     #: Where and how the run executes and reports: may differ between a run and its resumption.
     RUNTIME_KEYS = ("out", "device", "num_workers", "tensorboard", "progress", "download", "data_root", "pipeline",
-                    "cuda_graphs",
-                    "checkpoint_every", "log_interval")
+                    "cuda_graphs", "checkpoint_every", "log_interval")
 
     @classmethod
     def from_dict(cls, d: dict, *, template: bool = False) -> "TrainConfig":
@@ -351,13 +363,16 @@ class TrainConfig:
         head_lr = self.head_lr or p.get("head_lr") or lr
         return dataclasses.replace(self, model=model, epochs=self.epochs or p["epochs"], lr=lr, head_lr=head_lr)
 
-    def architecture(self) -> dict:
-        """Everything that shapes the network's state dict (compared when resuming or evaluating)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_KEYS}
+    def defining_values(self) -> dict:
+        """The values of every key a resumed run must keep: NETWORK_KEYS, DATA_KEYS and TRAINING_KEYS (compared
+        on ``--resume``, and when ``asge ablate`` reuses a finished setting)."""
+        values = self.to_dict()
+        return {k: values[k] for k in self.NETWORK_KEYS + self.DATA_KEYS + self.TRAINING_KEYS}
 
     def differences(self, other: "TrainConfig") -> str:
-        """``"key (other's value -> this value), ..."`` over the non-runtime keys; empty when they agree."""
-        mine, theirs = self.architecture(), other.architecture()
+        """``"key (other's value -> this value), ..."`` over the keys of :meth:`defining_values` (every key but
+        the RUNTIME_KEYS); empty when they agree."""
+        mine, theirs = self.defining_values(), other.defining_values()
         return ", ".join(f"{k} ({theirs.get(k)!r} -> {mine[k]!r})" for k in sorted(mine) if theirs.get(k) != mine[k])
 
 
