@@ -111,6 +111,12 @@ def test_a_name_not_in_its_list_is_refused_in_one_line(key, value, message):
     assert str(e.value) == message
 
 
+def test_cuda_graphs_help_says_what_auto_does():
+    by_flag = {s: a for a in train_parser()._actions for s in a.option_strings}
+    text = by_flag["--cuda-graphs"].help
+    assert "auto: the same as off" in text and "off: every step eager" in text and text.endswith("(default: auto)")
+
+
 # -- context options: checked with the config ----------------------------------------------------------------
 def test_context_options_are_checked_where_the_config_is_validated():
     with pytest.raises(ValueError, match="has no option 'extnt'.*it takes: .*extent"):

@@ -246,9 +246,11 @@ class TrainConfig:
     compile: bool = _execution(False, "torch.compile each block")
     pipeline: int = _execution(1, "run the blocks as K pipelined stages, one process each (ASGE; same result as "
                                   "K=1)", metavar="K", default_text="1: one process")
-    cuda_graphs: str = _execution("auto", "capture the whole training step as one CUDA graph and replay it (on: "
-                                          "CUDA only; auto means off until the CUDA graph tests have passed on a "
-                                          "GPU)", metavar="|".join(CUDA_GRAPHS_MODES))
+    cuda_graphs: str = _execution("auto", "capture the whole training step as one CUDA graph and replay it. on: "
+                                          "captured on CUDA (a run with fp16, --compile, --pipeline or torchrun "
+                                          "stays eager and says why; on another device: an error); off: every "
+                                          "step eager; auto: the same as off, for now",
+                                  metavar="|".join(CUDA_GRAPHS_MODES))
     out: Optional[str] = _execution(None, "run directory (default: runs/<dataset>-<model>-<method>-<time>)",
                                     metavar="DIR")
     tensorboard: bool = _execution(False, "write TensorBoard events to the run")
