@@ -14,12 +14,13 @@ code) defines it (docs/local-rules.md says which details come from where):
 - ``predsim``: Nøkland & Eidnes (ICML 2019): a linear prediction of pooled y, and the match of a conv of y's
   similarity matrix to the labels'.
 
-:func:`create_rule` builds a rule by name; :data:`LOCAL_RULES` lists the names.
+:func:`create_rule` builds a rule by name; :data:`LOCAL_RULES` lists the names; :func:`head_macs` measures a
+rule's parameters and multiply-accumulates.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -249,3 +250,46 @@ def create_rule(name: str, channels: int, height: int, width: int, num_classes: 
     return LOCAL_RULES[name](channels, height, width, num_classes, partition=partition, goodness=goodness,
                              projection=projection, generator=generator, device=device, dtype=dtype)
 
+
+class HeadCost(NamedTuple):
+    """A rule's size and cost for a module output of one shape: ``parameters`` (trainable values; ASGE's fixed
+    projection is buffers, not counted), ``macs`` (multiply-accumulates per image of the scores, what the Best
+    exit adds), ``train_macs`` (per image of the scores and the loss together, at a batch of ``batch``: PredSim's
+    similarity matrices cost B x (C + N) per image, so this depends on B)."""
+
+    parameters: int
+    macs: int
+    train_macs: float
+    batch: int
+
+
+def measure_head(rule: LocalRule, shape: tuple[int, int, int], num_classes: int, batch: int = 128) -> HeadCost:
+    """:class:`HeadCost` of ``rule`` on module outputs of ``shape`` (C, H, W), by torch's flop counter
+    (every convolution and matrix product: pooling, norms, squares and other elementwise work are not counted,
+    as :func:`asge.nn.flops.forward_macs`). Run in eval mode without gradients; the rule's mode is restored."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .flops import forward_macs
+    p = next(iter([*rule.parameters(), *rule.buffers()]), None)
+    kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
+    training = rule.training
+    rule.eval()
+    try:
+        macs = forward_macs(rule, torch.zeros(1, *shape, **kw))
+        y = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).to(**kw)
+        labels = torch.arange(batch, device=y.device) % num_classes
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            rule.loss(y, rule(y), labels)
+        train_macs = counter.get_total_flops() / 2 / batch
+    finally:
+        rule.train(training)
+    return HeadCost(sum(q.numel() for q in rule.parameters()), int(macs), train_macs, batch)
+
+
+def head_macs(name: str, channels: int, height: int, width: int, num_classes: int, *, partition: int = 1,
+              goodness: str = "mean", projection: str = "fixed", batch: int = 128) -> HeadCost:
+    """:class:`HeadCost` of the rule ``name`` for a module whose output is (B, channels, height, width): the
+    head's column of the table "head FLOPs relative to the module" (divide by the module's own MACs)."""
+    rule = create_rule(name, channels, height, width, num_classes, partition=partition, goodness=goodness,
+                       projection=projection, generator=torch.Generator().manual_seed(0))
+    return measure_head(rule, (channels, height, width), num_classes, batch)
