@@ -9,7 +9,7 @@ install:
 	$(PIP) install --quiet -e .
 
 install-test:
-	$(PIP) install --quiet -e '.[test,export]'
+	$(PIP) install --quiet -e '.[test,export,timm]'
 
 demo: install
 	$(PYTHON) -m asge train --dataset digits --out runs/demo-digits-$$(date +%Y%m%d-%H%M%S)

@@ -103,7 +103,8 @@ def test_choices_come_from_their_modules():
     ("augment", "mixup", "unknown augment 'mixup'; valid: auto, none, hflip, crop-flip, cifar"),
     ("cuda_graphs", "yes", "cuda_graphs: expected auto, on or off, got 'yes'"),
     ("method", "hebb", "unknown method 'hebb'; valid: asge, bp"),
-    ("model", "vgg99", "unknown model 'vgg99'; valid: vgg8, vgg11, quick, digits"),
+    ("model", "vgg99", "unknown model 'vgg99'; valid: vgg8, vgg11, quick, digits, resnetN (N = 6n + 2), "
+                       "torchvision:NAME, timm:NAME"),
 ])
 def test_a_name_not_in_its_list_is_refused_in_one_line(key, value, message):
     with pytest.raises(ValueError) as e:

@@ -14,7 +14,8 @@ from .config import TrainConfig  # noqa: E402
 from .nn.goodness import GoodnessProjection, partition_factor, spatial_goodness  # noqa: E402
 from .use.inference import load  # noqa: E402
 from .nn.model import ASGENet  # noqa: E402
+from .nn.local_network import local_network  # noqa: E402
 
 from .version import __version__  # noqa: E402
 __all__ = ["layers", "ASGEBlock", "ASGENet", "GoodnessProjection", "TrainConfig", "partition_factor",
-           "spatial_goodness", "load", "__version__"]
+           "spatial_goodness", "load", "local_network", "__version__"]

@@ -141,9 +141,11 @@ def key_choices() -> dict[str, list[str]]:
     from .layers import CONTEXTS, NORMS, POOLS
     from .nn.goodness import GOODNESS_REDUCTIONS, PROJECTIONS
     from .nn.heads import HEAD_FEATURES
+    from .nn.local_rules import LOCAL_RULES
     from .nn.presets import PRESETS
     from .recipes import RECIPES
     return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
+            "local_loss": list(LOCAL_RULES),
             "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
             "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": list(AMP_MODES),
             "progress": list(PROGRESS_MODES), "augment": [AUGMENT_AUTO, *AUGMENTATIONS],
@@ -202,8 +204,18 @@ class TrainConfig:
                                          "directory's unreadable.txt")
     num_workers: int = _data(2, "data loader workers (imagefolder/imagenet)")
     # model
-    model: Optional[str] = _model(None, "architecture preset (default: digits for images of up to 16 px, else "
-                                        "quick)")         # None: nn.presets.default_preset of the image size
+    model: Optional[str] = _model(None, "the network: a VGG preset (default: digits for images of up to 16 px, "
+                                        "else quick), a CIFAR ResNet (resnet20, resnet32, resnet56, resnet110), "
+                                        "torchvision:NAME or timm:NAME (cut at its blocks into --split modules)")
+    split: Optional[str] = _model(None, "the modules the network is cut into, each learning alone: K (contiguous, "
+                                        "cut at block boundaries, balanced by forward FLOPs), the unit indices "
+                                        "where a module starts (e.g. 3,7,12), or InfoPro's stage.block ends "
+                                        "(e.g. 1.2,2.1; CIFAR ResNets)", metavar="K|CUTS",
+                                  default_text="one module per block for the VGG presets, 4 for other networks")
+    local_loss: str = _model("asge", "each module's local rule: asge (the paper's spatial goodness), cwc "
+                                     "(channel-wise competitive Forward-Forward: channels a multiple of the "
+                                     "classes), dgl (DGL's auxiliary net), predsim (Nokland & Eidnes' "
+                                     "prediction + similarity)")
     width: float = _model(1.0, "width multiplier for the preset's channels")
     channels: Optional[list] = _model(None, "custom blocks, e.g. 64,128v,128,256v (v = pool after)",
                                       default_text="the preset's, scaled by --width")   # overrides the preset's
@@ -276,8 +288,9 @@ class TrainConfig:
     # may still extend it: asge/train/resume.py's ``extends``); RUNTIME_KEYS may differ. Every field is in
     # exactly one of them (tests/test_config_keys.py).
     #: The network: its blocks, their local read-out and the heads (what the state dict holds and how it is used).
-    NETWORK_KEYS = ("model", "width", "channels", "downsample", "alpha", "pool", "norm", "goodness", "context",
-                    "context_options", "context_blocks", "dropout", "head_features", "fusion_from", "projection")
+    NETWORK_KEYS = ("model", "split", "local_loss", "width", "channels", "downsample", "alpha", "pool", "norm",
+                    "goodness", "context", "context_options", "context_blocks", "dropout", "head_features",
+                    "fusion_from", "projection")
     #: The images: which dataset, which of its images, at what size, how they are augmented.
     DATA_KEYS = ("dataset", "subset", "input_size", "augment", "test_split", "skip_unreadable")
     #: How the network is trained and its checkpoint chosen: the recipe, the method, the optimizer and its
@@ -330,8 +343,14 @@ class TrainConfig:
         if self.dataset.lower().replace("_", "-") not in choices["dataset"]:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(choices['dataset'])}")
         _check_choice("method", self.method, choices)
-        if self.model is not None:
-            _check_choice("model", self.model, choices)
+        if self.model is not None and self.model not in choices["model"]:
+            from .nn.local_network import check_model_name
+            check_model_name(self.model)
+            self._check_chain_options()
+        if self.split is not None:
+            from .nn.local_network import parse_split
+            parse_split(self.split)
+        _check_choice("local_loss", self.local_loss, choices)
         POOLS.check(self.pool)
         NORMS.check(self.norm)
         CONTEXTS.check(self.context)
@@ -350,6 +369,16 @@ class TrainConfig:
             from .layers.context import check_context_options
             check_context_options(self.context, self.context_options)
 
+    def _check_chain_options(self) -> None:
+        """A network that is not a VGG preset has its own layers: the VGG blocks' options are refused."""
+        given = [f"--{flag}" for flag, value, default in (
+            ("channels", self.channels, None), ("context", self.context, "none"),
+            ("context-blocks", self.context_blocks, None), ("pool", self.pool, "rms"), ("norm", self.norm, "layer"))
+            if value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the VGG presets' "
+                             f"blocks; {self.model} is cut into modules of its own layers (--split, --local-loss)")
+
     def image_size(self) -> int:
         """The side S of the images the run reads: ``input_size``, else the dataset's own."""
         from .data import native_size
@@ -357,10 +386,12 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults filled in: the model (:func:`~asge.nn.presets.default_preset` for the image
-        size), epochs, lr, and head_lr (the preset's, else lr)."""
+        size), epochs, lr, and head_lr (the preset's, else lr; a network that is not a preset takes the
+        defaults of the preset for its image size)."""
         from .nn.presets import default_preset, get_preset
+        from .nn.presets import PRESETS
         model = self.model or default_preset(self.image_size())
-        p = get_preset(model)
+        p = get_preset(model if model in PRESETS else default_preset(self.image_size()))
         lr = self.lr or p["lr"]
         head_lr = self.head_lr or p.get("head_lr") or lr
         return dataclasses.replace(self, model=model, epochs=self.epochs or p["epochs"], lr=lr, head_lr=head_lr)

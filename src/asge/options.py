@@ -126,6 +126,8 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
             action.metavar = "{" + ",".join(choices[key]) + "}"
             if key in ("pool", "context"):
                 action.metavar += "|MODULE:NAME"
+            if key == "model":
+                action.metavar += "|resnetN|torchvision:NAME|timm:NAME"
         if action.metavar is None and action.type is int:
             action.metavar = "N"
         if re.search(r"\bdefault\b", action.help or ""):    # says its default itself

@@ -17,15 +17,52 @@ from torch import nn
 
 from .backbones import Units, cut_model, model_units
 from .block import ASGEBlock
-from .flops import forward_macs
 from .local_module import LocalModule
+from .local_rules import measure_head
 from .model import ASGENet
 from .split import split_at, split_units
 
 #: Modules a cut network is split into when no ``split`` is given.
 DEFAULT_MODULES = 4
+#: A run's ``model`` when its network was given from Python (``fit(cfg, network=...)``): no config rebuilds it.
+PYTHON_MODEL = "python"
 
 Split = Union[int, Sequence[int], Sequence[tuple[int, int]], None]
+
+
+def check_model_name(name: str) -> str:
+    """A network name ``fit`` can build besides the VGG presets: ``resnetN`` (N = 6n + 2), ``torchvision:NAME``
+    of the families it cuts, ``timm:NAME`` (timm installed), or ``python`` (a network given from Python).
+    ValueError, one line, otherwise."""
+    from .backbones import TORCHVISION_FAMILIES
+    from .resnet import blocks_per_stage
+    source, _, model = name.rpartition(":")
+    if name == PYTHON_MODEL:
+        return name
+    if source == "" and not model.startswith("resnet"):
+        from .presets import PRESETS
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(PRESETS)}, resnetN (N = 6n + 2), "
+                         "torchvision:NAME, timm:NAME")
+    if source == "":
+        blocks_per_stage(model)                      # resnetN, N = 6n + 2; one line otherwise
+    elif source == "torchvision":
+        from torchvision import models
+        if model not in models.list_models(module=models):
+            raise ValueError(f"unknown torchvision classifier {model!r}: see torchvision.models.list_models()")
+        family = models.get_model_builder(model).__module__.rsplit(".", 1)[-1]
+        if family not in TORCHVISION_FAMILIES:
+            raise ValueError(f"torchvision:{model} ({family}) is not a chain of convolutional blocks this cuts; "
+                             f"expected a model of the families {', '.join(TORCHVISION_FAMILIES)}")
+    elif source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"{name} needs timm, which is not installed: pip install 'asge[timm]'") from None
+        if not timm.is_model(model):
+            raise ValueError(f"unknown timm model {model!r}: see timm.list_models()")
+    else:
+        raise ValueError(f"unknown model {name!r}: a VGG preset, resnetN, torchvision:NAME or timm:NAME")
+    return name
 
 
 def parse_split(text: Union[str, int, None]) -> Split:
@@ -131,13 +168,15 @@ def describe_modules(net: ASGENet) -> list[dict]:
             units = list(body.unit_range) if isinstance(getattr(body, "unit_range", None), range) else [k]
             row = {"units": [units[0], units[-1]], "out_shape": list(block.out_shape), "parameters": count(body),
                    "macs": block.macs}
-            head_macs = forward_macs(head, torch.zeros(1, *block.out_shape))
+            cost = measure_head(head, block.out_shape, net.num_classes)
+            head_macs, train_macs = cost.macs, cost.train_macs
         else:                                        # an ASGE block: conv (and context), then its projection
             head = block.projection
             row = {"units": [k, k], "out_shape": [block.out_channels, block.out_size, block.out_size],
                    "parameters": count(block) - count(head), "macs": block.conv_macs()}
-            head_macs = head.weight.numel()          # (C * P * P) x N
+            head_macs = train_macs = head.weight.numel()          # (C * P * P) x N
         row.update(partition=block.partition, head_parameters=count(head), head_macs=int(head_macs),
-                   head_macs_ratio=head_macs / max(row["macs"], 1))
+                   head_macs_ratio=head_macs / max(row["macs"], 1), head_train_macs=float(train_macs),
+                   head_train_macs_ratio=train_macs / max(row["macs"], 1))
         rows.append(row)
     return rows

@@ -38,6 +38,7 @@ class ASGENet(nn.Module):
     """
 
     classes: tuple = ()
+    note: Optional[str] = None           # how a cut network was cut (asge.nn.local_network)
     preprocessing = None
 
     def __init__(self, channels: Sequence[int], downsample: Sequence[bool], *, in_channels: int = 3,

@@ -11,7 +11,9 @@ import torch
 from ..config import TrainConfig
 from ..data import load_data
 from ..errors import AsgeError
+from ..nn.local_network import PYTHON_MODEL, BlockUnit, named_units, network_of_units
 from ..nn.model import ASGENet
+from ..nn.presets import PRESETS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,12 +44,33 @@ def load_run_data(cfg: TrainConfig, device: torch.device, *, subset="config", do
 
 
 def build_model(cfg: TrainConfig, info) -> ASGENet:
-    """The network ``cfg`` describes, for data with ``info`` (channels, classes, image size)."""
-    common = dict(in_channels=info.in_channels, num_classes=info.num_classes, image_size=info.image_size,
-                  alpha=cfg.alpha, norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout,
-                  context=cfg.context, context_options=cfg.context_options, context_blocks=cfg.context_blocks,
-                  head_features=cfg.head_features, fusion_from=cfg.fusion_from, projection=cfg.projection,
-                  seed=cfg.seed)
-    if cfg.channels is not None:
-        return ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **common)
-    return ASGENet.from_preset(cfg.model, width=cfg.width, **common)
+    """The network ``cfg`` describes, for data with ``info`` (channels, classes, image size).
+
+    A VGG preset (or ``--channels``) with the ASGE rule and no ``--split`` is the paper's stack of ASGE blocks,
+    one module each. Otherwise the network is a chain of units, grouped into modules by ``--split`` and each
+    module trained by ``--local-loss``: the VGG blocks (one module each by default), a CIFAR ResNet, a
+    torchvision or timm classifier (:data:`asge.nn.local_network.DEFAULT_MODULES` by default); its ``note``
+    says how it was cut."""
+    if cfg.model == PYTHON_MODEL:
+        raise AsgeError("this run's network was given from Python, which a config cannot rebuild: pass it again "
+                        "(asge.train.fit(cfg, network=...), asge.load(run, model=...))")
+    common = dict(num_classes=info.num_classes, alpha=cfg.alpha, head_features=cfg.head_features,
+                  fusion_from=cfg.fusion_from, projection=cfg.projection, seed=cfg.seed)
+    vgg = cfg.channels is not None or cfg.model in PRESETS
+    if vgg:
+        blocks = dict(norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout, context=cfg.context,
+                      context_options=cfg.context_options, context_blocks=cfg.context_blocks)
+        blocks.update(common, in_channels=info.in_channels, image_size=info.image_size)
+        net = ASGENet([int(c) for c in cfg.channels], [bool(d) for d in cfg.downsample], **blocks) \
+            if cfg.channels is not None else ASGENet.from_preset(cfg.model, width=cfg.width, **blocks)
+        if cfg.split is None and cfg.local_loss == "asge":
+            return net
+        units = [BlockUnit(b) for b in net.blocks]
+        note = f"{'custom channels' if cfg.channels is not None else cfg.model}: {len(units)} ASGE blocks as units"
+        split = len(units) if cfg.split is None else cfg.split
+    else:
+        units, _, note = named_units(cfg.model, in_channels=info.in_channels, image_size=info.image_size,
+                                     width=cfg.width, seed=cfg.seed)
+        split = cfg.split
+    return network_of_units(units, note, input_shape=(info.in_channels, info.image_size, info.image_size),
+                            split=split, rule=cfg.local_loss, goodness=cfg.goodness, **common)

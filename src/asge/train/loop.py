@@ -21,6 +21,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import Data, Split
 from ..errors import AsgeError, CheckpointError, Preempted
+from ..nn.local_network import describe_modules
 from ..nn.model import ASGENet
 from ..runs.build import build_model, load_run_data, resolve_device
 from ..runs.directory import RunDir, load_checkpoint, load_model_state, save_checkpoint
@@ -153,7 +154,8 @@ class Session:
 
 
 def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
-              log: Callable[[str], None] = print, method_factory: Optional[Callable] = None, world=None) -> dict:
+              log: Callable[[str], None] = print, method_factory: Optional[Callable] = None, world=None,
+              network: Optional[ASGENet] = None) -> dict:
     """Train by ``cfg`` (resolved and validated: :func:`asge.train.fit`) in this process, test the
     best-validation model, return the summary dict (``{"rank": r}`` on a data-parallel rank other than 0).
 
@@ -161,7 +163,8 @@ def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[
     its ``last.pt``. SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point
     and raises :class:`~asge.errors.Preempted`. ``on_epoch_end(epoch, record)`` is called after each epoch's
     checkpoint is written. ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``
-    (the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group.
+    (the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group;
+    ``network`` is trained instead of the one the config names (:func:`asge.local_network`).
     """
     cfg = ready_config(cfg)
     with contextlib.ExitStack() as held:
@@ -170,7 +173,7 @@ def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[
             held.enter_context(RunLock(cfg.out, log=log))
             run = RunDir(cfg.out)
         stop = held.enter_context(StopSignals(announce=world is None))   # ranks: once they agree (stop_signal)
-        s = setup(cfg, run, world, log, stop, method_factory, resume)
+        s = setup(cfg, run, world, log, stop, method_factory, resume, network)
         state = restore_or_start(s, resume)
         if cfg.tensorboard and run is not None:
             from .tensorboard import TensorBoardLogger
@@ -187,7 +190,7 @@ def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[
 
 
 def setup(cfg: TrainConfig, run: Optional[RunDir], world, log, stop: StopSignals,
-          method_factory: Optional[Callable], resume: bool) -> Session:
+          method_factory: Optional[Callable], resume: bool, network: Optional[ASGENet] = None) -> Session:
     """The device, the data (said in a line or two: how a folder tree is read, a small validation split),
     the network built from the seed, the training method (graphed under ``--cuda-graphs``). A run directory
     that holds a run is first checked: only ``--resume`` by the same configuration may continue it."""
@@ -204,7 +207,8 @@ def setup(cfg: TrainConfig, run: Optional[RunDir], world, log, stop: StopSignals
         for line in describe_data(data, len(val_split)):
             log(line)
     torch.manual_seed(cfg.seed)    # modules that draw their init from the global RNG (context layers)
-    net = build_model(cfg, data.info).to(device)
+    net = build_model(cfg, data.info) if network is None else check_network(network, data.info)
+    net = net.to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     drop_last = train_drop_last(net, cfg, len(data.train), log if main else (lambda _: None),
@@ -214,6 +218,16 @@ def setup(cfg: TrainConfig, run: Optional[RunDir], world, log, stop: StopSignals
     method = maybe_graphed(method, cfg, device, world, log)     # --cuda-graphs (graphs.py)
     return Session(cfg, run, world, log, stop, device, data, val_split, net, method, steps_per_epoch, drop_last,
                    autocast_for(cfg, device), eval_batch=max(cfg.batch_size, 256))
+
+
+def check_network(net: ASGENet, info) -> ASGENet:
+    """A network given from Python must take the data's images and predict its classes (one line if not)."""
+    if net.num_classes != info.num_classes or net.image_size != info.image_size or \
+            net.blocks[0].in_channels != info.in_channels:
+        raise AsgeError(f"the network given takes {net.blocks[0].in_channels}x{net.image_size}x{net.image_size} "
+                        f"images into {net.num_classes} classes; {info.name} has {info.in_channels}x"
+                        f"{info.image_size}x{info.image_size} images of {info.num_classes} classes")
+    return net
 
 
 def check_same_run(cfg: TrainConfig, saved: TrainConfig, run: RunDir) -> None:
@@ -419,7 +433,9 @@ def summarise(s: Session, state: RunState, test: dict) -> dict:
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
                "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict(),
-               "augmentation": data.train.augmentation}
+               "augmentation": data.train.augmentation, "modules": describe_modules(net)}
+    if net.note:                          # how a cut network was cut
+        summary["network"] = net.note
     if cfg.channels is not None:
         summary["custom_channels"] = True
     if data.reading:

@@ -7,11 +7,14 @@ the run directory holds (a finished run is returned as it is, nothing recomputed
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Optional
 
 from ..config import TrainConfig
 from ..errors import AsgeError
+from ..nn.local_network import PYTHON_MODEL
+from ..nn.model import ASGENet
 from .distributed import fit_distributed, launched_by_torchrun
 from .loop import default_model_note, ready_config, train_run
 from .pipeline import fit_pipeline
@@ -20,7 +23,8 @@ from .resume import check_resume, finished_message
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
         log: Callable[[str], None] = print, require_run: bool = False,
-        on_finished: Optional[Callable[[dict], None]] = None, method_factory: Optional[Callable] = None) -> dict:
+        on_finished: Optional[Callable[[dict], None]] = None, method_factory: Optional[Callable] = None,
+        network: Optional[ASGENet] = None) -> dict:
     """Train by ``cfg`` (ASGE or backprop), test the best-validation model, return the summary dict.
 
     ``resume=True`` continues the run in ``cfg.out`` from its last checkpoint (written at an epoch's end or in
@@ -29,8 +33,14 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint.
     Under torchrun, ranks other than 0 return ``{"rank": r}``. ``method_factory(net, cfg, total_steps,
     device)``, for one process only, builds the training method instead of ``METHODS[cfg.method]`` (your own
-    method, or one wrapped to observe the steps).
+    method, or one wrapped to observe the steps). ``network`` (one process only) is trained instead of the
+    network the config names: your own modules, or a network cut into modules (:func:`asge.local_network`);
+    the run records its model as ``python``, and ``asge.load(run, model=...)`` takes the same network back.
     """
+    if network is not None:
+        if cfg.model not in (None, PYTHON_MODEL):
+            raise AsgeError(f"model {cfg.model!r} names a network to build; with network=... leave it unset")
+        cfg = dataclasses.replace(cfg, model=PYTHON_MODEL)
     note = default_model_note(cfg)
     cfg = ready_config(cfg)
     first_rank = int(os.environ.get("RANK", "0")) == 0
@@ -43,12 +53,14 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
         return finished
     if note and first_rank:
         log(note)
-    if method_factory is not None and (launched_by_torchrun() or cfg.pipeline > 1):
-        raise AsgeError("method_factory trains in one process: it cannot be combined with --pipeline or torchrun")
+    if (method_factory is not None or network is not None) and (launched_by_torchrun() or cfg.pipeline > 1):
+        raise AsgeError("method_factory and network train in one process: they cannot be combined with --pipeline "
+                        "or torchrun")
     if launched_by_torchrun():            # torchrun --nproc_per_node=N -m asge train ...: one rank of N
         if cfg.pipeline > 1:
             raise AsgeError("--pipeline and torchrun data parallelism cannot be combined; use one of them")
         return fit_distributed(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end)
     if cfg.pipeline > 1:
         return fit_pipeline(cfg, resume=resume, log=log, on_epoch_end=on_epoch_end)
-    return train_run(cfg, resume=resume, on_epoch_end=on_epoch_end, log=log, method_factory=method_factory)
+    return train_run(cfg, resume=resume, on_epoch_end=on_epoch_end, log=log, method_factory=method_factory,
+                     network=network)

@@ -122,16 +122,18 @@ def check_strategy_available(net: ASGENet, strategy: str) -> str:
     return strategy
 
 
-def network_from_run(path: Union[str, Path], device="cpu") -> ASGENet:
+def network_from_run(path: Union[str, Path], device="cpu", model: Optional[ASGENet] = None) -> ASGENet:
     """The best-validation network of a run directory (``checkpoints/best.pt``). For a run that has not
-    finished, l* is chosen on validation (:func:`open_best_checkpoint`) and ``net.load_note`` says so."""
+    finished, l* is chosen on validation (:func:`open_best_checkpoint`) and ``net.load_note`` says so.
+    ``model``: the network to load the weights into (a network given from Python, which a config cannot
+    rebuild); by default it is built from the run's config."""
     from ..runs.build import build_model
     run = RunDir(path)
     cfg = run.read_config()
     ckpt, note = open_best_checkpoint(run, cfg)
     summary = run.read_summary_if_any() or {"best_epoch": ckpt.get("epoch"), "finished": False}
     info = data_info(cfg, ckpt["model"], ckpt.get("data") or summary.get("data"))
-    net = build_model(cfg, info)
+    net = model if model is not None else build_model(cfg, info)
     load_model_state(net, ckpt["model"], run.best_checkpoint)
     net = prepare(net.to(device), cfg, info, summary)
     net.load_note = note
@@ -155,25 +157,28 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict, dict]:
     return state, json.loads(meta["asge"])
 
 
-def network_from_safetensors(path: Union[str, Path], device="cpu") -> ASGENet:
-    """The network of a file written by ``asge export --format safetensors``."""
+def network_from_safetensors(path: Union[str, Path], device="cpu", model: Optional[ASGENet] = None) -> ASGENet:
+    """The network of a file written by ``asge export --format safetensors`` (``model``: as for
+    :func:`network_from_run`)."""
     from ..runs.build import build_model
     state, header = read_safetensors(path)
     cfg = TrainConfig.from_dict(header["config"])
     info = data_info(cfg, state, header["data"])
-    net = build_model(cfg, info)
+    net = model if model is not None else build_model(cfg, info)
     load_model_state(net, state, Path(path))
     return prepare(net.to(device), cfg, info, header.get("summary", {}))
 
 
-def load(path: Union[str, Path], device="cpu") -> ASGENet:
+def load(path: Union[str, Path], device="cpu", model: Optional[ASGENet] = None) -> ASGENet:
     """A run directory or an exported ``.safetensors`` file -> the network in eval mode, on ``device``, with
-    ``.classes``, ``.preprocess(images)``, ``.predict(batch, strategy=...)``, ``.config`` and ``.summary``."""
+    ``.classes``, ``.preprocess(images)``, ``.predict(batch, strategy=...)``, ``.config`` and ``.summary``.
+    A network given from Python (``fit(cfg, network=...)``) is not rebuilt from its config: pass the same
+    network again as ``model`` (built as for training; its weights are replaced by the run's)."""
     p = Path(path)
     if p.is_dir():
-        return network_from_run(p, device)
+        return network_from_run(p, device, model)
     if p.is_file() and p.suffix == ".safetensors":
-        return network_from_safetensors(p, device)
+        return network_from_safetensors(p, device, model)
     raise RunDirError(f"{p} is neither a run directory nor a .safetensors file written by `asge export`")
 
 

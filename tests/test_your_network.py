@@ -1,0 +1,154 @@
+"""Any network trained locally, end to end through the CLI and from Python: a CIFAR ResNet and torchvision's
+resnet18 cut into modules (--split), trained, resumed bit-exactly, evaluated, predicted, exported and loaded;
+the same network by backprop; options that do not apply refused in one line; no gradient crosses a module."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import asge
+from asge.cli import main
+from asge.config import TrainConfig
+from asge.data import load_data
+from asge.nn.local_network import local_network, named_units, network_of_units
+from asge.runs.build import build_model
+from asge.train import fit
+from asge.errors import Preempted
+from asge.runs.directory import load_checkpoint
+from asge.train.local import block_step
+
+from test_preempt import assert_same_run, signal_at
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+FAST = ["--dataset", "digits", "--subset", "200", "--batch-size", "50", "--progress", "none", "--device", "cpu"]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asge", *map(str, args)], capture_output=True, text=True, env=ENV)
+
+
+def weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory, single_thread):
+    """ResNet-20 (width 0.25) on digits, cut into 3 modules, 2 epochs."""
+    out = tmp_path_factory.mktemp("resnet") / "run"
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--split", "3", "--epochs", "2",
+                 "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_a_named_resnet_trains_records_its_modules_and_exits_early(resnet_run):
+    summary = json.loads((resnet_run / "summary.json").read_text())
+    assert summary["model"] == "resnet20" and len(summary["block_test_accuracy"]) == 3
+    modules = summary["modules"]
+    assert [m["units"] for m in modules][0][0] == 0 and modules[-1]["units"][1] == 9     # stem + 9 blocks
+    assert all(a["units"][1] + 1 == b["units"][0] for a, b in zip(modules, modules[1:]))   # contiguous
+    assert [m["out_shape"][0] for m in modules][-1] == 16                               # 64 x 0.25
+    assert all(m["head_macs_ratio"] < 0.05 for m in modules)
+    assert "resnet20" in summary["network"] and summary["best_block"] in (1, 2, 3)
+    config = (resnet_run / "config.yaml").read_text()
+    assert "split: '3'" in config or "split: 3" in config
+
+
+def test_resume_mid_epoch_is_bitwise_for_a_cut_network(tmp_path, single_thread):
+    """Stopped by SIGTERM in the middle of epoch 2 and resumed: bitwise the uninterrupted run."""
+    base = dict(dataset="digits", subset=200, batch_size=50, progress="none", device="cpu", model="resnet20",
+                width=0.25, split="3", epochs=2)
+    fit(TrainConfig(**base, out=str(tmp_path / "full")), log=lambda *_: None)
+    cfg = TrainConfig(**base, out=str(tmp_path / "cut"))
+    with pytest.raises(Preempted):
+        fit(cfg, log=lambda *_: None, method_factory=signal_at("asge", 4 + 2, signal.SIGTERM))   # step 2 of epoch 2
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["partial"]["step"] == 2
+    fit(cfg, resume=True, log=lambda *_: None)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_eval_predict_export_and_load_a_cut_network(resnet_run, tmp_path, capsys):
+    assert main(["eval", str(resnet_run), "--device", "cpu", "--progress", "none"]) == 0
+    summary = json.loads((resnet_run / "summary.json").read_text())
+    out = capsys.readouterr().out
+    assert f"{summary['test_accuracy']['best']:.2f}" in out
+    net = asge.load(resnet_run)
+    test = load_data("digits").test
+    x, y = next(test.batches(360, shuffle=False, augment=False, seed=0, device="cpu"))
+    with torch.no_grad():
+        best = 100.0 * (net.predict(x, "best").argmax(1) == y).float().mean().item()
+    assert best == pytest.approx(summary["test_accuracy"]["best"], abs=1e-6)
+    for fmt in ("torchscript", "onnx", "safetensors"):
+        path = tmp_path / f"net.{ {'torchscript': 'pt', 'onnx': 'onnx', 'safetensors': 'safetensors'}[fmt] }"
+        assert main(["export", str(resnet_run), "--format", fmt, "--out", str(path)]) == 0, fmt
+        assert path.is_file()
+    again = asge.load(tmp_path / "net.safetensors")
+    with torch.no_grad():
+        assert torch.equal(again.predict(x, "best"), net.predict(x, "best"))
+
+
+def test_backprop_trains_the_same_cut_network(tmp_path, single_thread):
+    out = tmp_path / "bp"
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--split", "3", "--method", "bp",
+                 "--epochs", "1", "--out", str(out), *FAST]) == 0
+    asge_net = build_model(TrainConfig(dataset="digits", model="resnet20", width=0.25, split="3").resolved(),
+                           load_data("digits").info)
+    assert set(weights(out / "checkpoints" / "best.pt")) == set(asge_net.state_dict())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet20", "--context", "sge"], "--context applies to the VGG presets"),
+    (["--model", "resnet20", "--channels", "8,8v"], "--channels"),
+    (["--model", "resnet20", "--split", "99"], "99"),
+    (["--model", "resnet21"], "resnet21"),
+    (["--model", "torchvision:vit_b_16"], "vit_b_16"),
+    (["--model", "resnet20", "--split", "x"], "split"),
+])
+def test_options_that_do_not_apply_are_refused_in_one_line(tmp_path, argv, message):
+    r = cli("train", *argv, "--out", tmp_path / "run", "--epochs", "1", *FAST)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert message in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_your_own_torchvision_resnet18_from_python(tmp_path, single_thread):
+    """The README's "Your own network": resnet18 cut into 4 modules, trained, loaded back with model=."""
+    model = torchvision.models.resnet18(num_classes=10)
+    net = local_network(model, split=4, input_shape=(1, 8, 8), num_classes=10)
+    cfg = TrainConfig(dataset="digits", subset=200, epochs=1, batch_size=50, out=str(tmp_path / "r18"),
+                      progress="none", device="cpu")
+    summary = fit(cfg, network=net, log=lambda *_: None)
+    assert summary["model"] == "python" and len(summary["modules"]) == 4
+    assert "ResNet: 8 units" in summary["network"]
+    fresh = local_network(torchvision.models.resnet18(num_classes=10), split=4, input_shape=(1, 8, 8),
+                          num_classes=10)
+    loaded = asge.load(tmp_path / "r18", model=fresh)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), weights(
+        tmp_path / "r18" / "checkpoints" / "best.pt").values()))
+    with pytest.raises(asge.errors.AsgeError, match="given from Python"):
+        asge.load(tmp_path / "r18")
+
+
+@pytest.mark.parametrize("rule", ["asge", "cwc", "dgl", "predsim"])
+def test_no_gradient_crosses_a_module_of_a_cut_network(rule):
+    """Every rule, on a CIFAR ResNet whose widths CwC accepts (20/40/80): one local step of module k gives
+    gradients to module k and its rule only, and changes no other parameter."""
+    torch.manual_seed(0)
+    units = named_units("resnet20", in_channels=3, image_size=32, width=1.25, seed=0)
+    net = network_of_units(units.units, units.note, input_shape=(3, 32, 32), num_classes=10, split=4, rule=rule)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    h = x
+    for k, block in enumerate(net.blocks):
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        net.zero_grad(set_to_none=True)
+        opt = torch.optim.SGD(block.parameters(), lr=0.1)
+        h, *_ = block_step(block, opt, h, y)
+        for name, p in net.named_parameters():
+            mine = name.startswith(f"blocks.{k}.")
+            assert (p.grad is not None) == (mine and p.requires_grad and p.grad is not None), name
+            if not mine:
+                assert p.grad is None and torch.equal(p, before[name]), name
+        assert not h.requires_grad
