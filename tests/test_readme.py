@@ -1,4 +1,4 @@
-"""The README's Python example runs as written (issue 16 item 13): the block is read from README.md itself."""
+"""The README's Python examples run as written: the blocks are read from README.md itself."""
 from __future__ import annotations
 
 import re
@@ -16,7 +16,7 @@ def python_blocks(text: str) -> list[str]:
 
 
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, single_thread, capsys):
-    (block,) = python_blocks(README.read_text(encoding="utf-8"))
+    block, _ = python_blocks(README.read_text(encoding="utf-8"))
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     for name in ("seven.png", "three.jpg"):                     # the two images the example names
@@ -29,6 +29,19 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, single_thr
     assert net.classes == tuple(str(i) for i in range(10)) and tuple(x.shape) == (2, 1, 8, 8)
     probs = net.predict(x, strategy="best").softmax(1)
     assert probs.shape == (2, 10) and float(probs.sum()) == pytest.approx(2.0, abs=1e-4)
+
+
+def test_readme_your_own_network_runs_as_written(tmp_path, monkeypatch, single_thread, capsys):
+    """torchvision's resnet18 cut into 4 modules, trained by fit, loaded back: the README's second block."""
+    _, block = python_blocks(README.read_text(encoding="utf-8"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    summary, net = namespace["summary"], namespace["net"]
+    assert summary["model"] == "python" and len(summary["modules"]) == 4
+    assert [m["units"] for m in summary["modules"]] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert capsys.readouterr().out.count(" MACs head ") == 4
+    assert int(net.best_block) == summary["best_block"] and not net.training
 
 
 def test_no_user_facing_file_cites_a_spec_that_is_not_shipped():
