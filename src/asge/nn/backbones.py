@@ -90,9 +90,9 @@ def torchvision_blocks() -> tuple[type, ...]:
             efficientnet.MBConv, efficientnet.FusedMBConv, convnext.CNBlock, regnet.ResBottleneckBlock)
 
 
-def torchvision_units(name: str, in_channels: int = 3, image_size: int = 224, **kwargs) -> Units:
-    """Units of torchvision classifier ``name`` (``resnet18``, ``vgg11_bn``, ``mobilenet_v2``, ...; ``kwargs``
-    go to its builder), for (B, ``in_channels``, ``image_size``, ``image_size``) inputs."""
+def torchvision_family(name: str) -> str:
+    """The family of torchvision classifier ``name`` (its module: ``resnet``, ``vgg``, ...), one of
+    :data:`TORCHVISION_FAMILIES`; an unknown name or another family: ValueError, one line. Builds nothing."""
     from torchvision import models
     if name not in models.list_models(module=models):
         raise ValueError(f"unknown torchvision classifier {name!r}: see torchvision.models.list_models()")
@@ -100,6 +100,14 @@ def torchvision_units(name: str, in_channels: int = 3, image_size: int = 224, **
     if family not in TORCHVISION_FAMILIES:
         raise ValueError(f"torchvision:{name} ({family}) is not a chain of convolutional blocks this cuts; "
                          f"expected a model of the families {', '.join(TORCHVISION_FAMILIES)}")
+    return family
+
+
+def torchvision_units(name: str, in_channels: int = 3, image_size: int = 224, **kwargs) -> Units:
+    """Units of torchvision classifier ``name`` (``resnet18``, ``vgg11_bn``, ``mobilenet_v2``, ...; ``kwargs``
+    go to its builder), for (B, ``in_channels``, ``image_size``, ``image_size``) inputs."""
+    from torchvision import models
+    torchvision_family(name)
     model = models.get_model(name, weights=None, **kwargs)
     return torchvision_model_units(model, in_channels, image_size, f"torchvision:{name}")
 

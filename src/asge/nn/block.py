@@ -11,7 +11,8 @@ from torch import nn
 
 from .goodness import (GoodnessProjection, GOODNESS_REDUCTIONS, equal_patches, relu_spatial_goodness,
                        spatial_goodness)
-from .heads import head_feature_dim, head_features
+from .heads import head_feature_dim
+from .local_block import LocalBlock
 from ..layers import ChannelLayerNorm, Dropout16, RMSPool2d, create_context, create_norm, create_pool
 
 
@@ -74,7 +75,7 @@ def tap_rows(n: int, k: int, p: int, device: torch.device, dtype: torch.dtype) -
         return inside_taps(n, k, p, device, dtype)
 
 
-class ASGEBlock(nn.Module):
+class ASGEBlock(LocalBlock):
     """One locally trained block. Knows nothing of training: it only computes.
 
     Args:
@@ -174,15 +175,6 @@ class ASGEBlock(nn.Module):
                    label_smoothing: float = 0.0) -> torch.Tensor:
         """The block's loss (0-dim): cross-entropy of its scores ``logits`` = a_l (B, N) against ``labels`` (B,)."""
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-
-    def head_features(self, y: torch.Tensor) -> torch.Tensor:
-        """What the heads read of Y: (B, C_out, H, W) -> (B, head_dim) float32, GAP(Y) first."""
-        return head_features(y, self.partition, self.head_kind)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (Y, output)."""
-        y = self.features(x)
-        return y, self.transmit(y)
 
     def conv_macs(self) -> int:
         """Multiply-accumulates of the conv per image (for early-exit compute accounting)."""

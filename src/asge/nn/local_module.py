@@ -9,11 +9,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .heads import head_feature_dim, head_features
+from .heads import head_feature_dim
+from .local_block import LocalBlock
 from .local_rules import create_rule
 
 
-class LocalModule(nn.Module):
+class LocalModule(LocalBlock):
     """``body`` trained by its own local rule; knows nothing of training.
 
     Args:
@@ -31,7 +32,6 @@ class LocalModule(nn.Module):
     (B, head_dim). ``in_size`` and ``out_size`` are H_in and H_out (the maps of square images are square).
     """
 
-    fusable = False                                  # block_step's fused ReLU-goodness path is ASGEBlock's own
 
     def __init__(self, body: nn.Module, *, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
                  num_classes: int, partition: int, rule: str = "asge", goodness: str = "mean",
@@ -67,15 +67,6 @@ class LocalModule(nn.Module):
         otherwise (end-to-end backprop through :meth:`forward`). ``y_square`` and ``generator`` are
         :meth:`ASGEBlock.transmit`'s, for its pooling and dropout; here there are none."""
         return y if torch.is_grad_enabled() else y.detach()
-
-    def head_features(self, y: torch.Tensor) -> torch.Tensor:
-        """What the heads read of Y: (B, C_out, H_out, W_out) -> (B, head_dim) float32, GAP(Y) first."""
-        return head_features(y, self.partition, self.head_kind)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (Y, output), the output being Y."""
-        y = self.features(x)
-        return y, self.transmit(y)
 
     def conv_macs(self) -> int:
         """Multiply-accumulates of the body per image (every convolution and matrix product, measured by

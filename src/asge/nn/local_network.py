@@ -34,7 +34,7 @@ def check_model_name(name: str) -> str:
     """A network name ``fit`` can build besides the VGG presets: ``resnetN`` (N = 6n + 2), ``torchvision:NAME``
     of the families it cuts, ``timm:NAME`` (timm installed), or ``python`` (a network given from Python).
     ValueError, one line, otherwise."""
-    from .backbones import TORCHVISION_FAMILIES
+    from .backbones import torchvision_family
     from .resnet import blocks_per_stage
     source, _, model = name.rpartition(":")
     if name == PYTHON_MODEL:
@@ -46,13 +46,7 @@ def check_model_name(name: str) -> str:
     if source == "":
         blocks_per_stage(model)                      # resnetN, N = 6n + 2; one line otherwise
     elif source == "torchvision":
-        from torchvision import models
-        if model not in models.list_models(module=models):
-            raise ValueError(f"unknown torchvision classifier {model!r}: see torchvision.models.list_models()")
-        family = models.get_model_builder(model).__module__.rsplit(".", 1)[-1]
-        if family not in TORCHVISION_FAMILIES:
-            raise ValueError(f"torchvision:{model} ({family}) is not a chain of convolutional blocks this cuts; "
-                             f"expected a model of the families {', '.join(TORCHVISION_FAMILIES)}")
+        torchvision_family(model)
     elif source == "timm":
         try:
             import timm
