@@ -222,7 +222,9 @@ class PredSimRule(LocalRule):
              label_smoothing: float = 0.0) -> torch.Tensor:
         pred = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         r_h = similarity_matrix(self.sim_conv(y).float())
-        r_y = similarity_matrix(F.one_hot(labels, self.num_classes).float())
+        # one-hot by comparison: F.one_hot reads the labels' range on the host, which a CUDA graph cannot
+        onehot = (labels[:, None] == torch.arange(self.num_classes, device=labels.device)).float()
+        r_y = similarity_matrix(onehot)
         return (1 - self.beta) * pred + self.beta * F.mse_loss(r_h, r_y)
 
     def extra_repr(self) -> str:
