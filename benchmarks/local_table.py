@@ -32,12 +32,18 @@ BASE = ["--dataset", "imagefolder", "--test-split", "5000", "--batch-size", "128
 
 
 def cells(args) -> list[tuple[str, list[str]]]:
-    """(name, flags) of every training run of the table: each rule at each K and seed, then BP per seed."""
+    """(name, flags) of every training run of the table, in the order they start: BP per seed (its split does
+    not change backprop), then each rule at ``--main-split`` for every seed, then the other K for the first
+    ``--other-seeds`` seeds; so a table cut short by time still holds its reference and main rows."""
     model = ["--model", args.model, *shlex.split(args.train)]
-    out = [(f"{loss}-k{k}-s{seed}", [*BASE, *model, "--split", str(k), "--local-loss", loss, "--seed", str(seed)])
-           for seed in args.seeds for k in args.splits for loss in args.losses]
-    out += [(f"bp-s{seed}", [*BASE, *model, "--split", str(args.splits[0]), "--method", "bp", "--seed", str(seed)])
-            for seed in args.seeds]
+    main = args.main_split or args.splits[0]
+    cell = lambda loss, k, seed: (f"{loss}-k{k}-s{seed}", [*BASE, *model, "--split", str(k),  # noqa: E731
+                                                         "--local-loss", loss, "--seed", str(seed)])
+    out = [(f"bp-s{seed}", [*BASE, *model, "--split", str(main), "--method", "bp", "--seed", str(seed)])
+           for seed in args.seeds] if not args.no_bp else []
+    out += [cell(loss, main, seed) for seed in args.seeds for loss in args.losses]
+    others = args.seeds[:args.other_seeds] if args.other_seeds else args.seeds
+    out += [cell(loss, k, seed) for seed in others for k in args.splits if k != main for loss in args.losses]
     return out
 
 
@@ -60,7 +66,7 @@ def table(args, results: dict, benches: dict) -> str:
     lines = ["| rule | K | seeds | headline test % | best module (test %) | images/s vs BP | saved activations vs BP "
              "| head params | head MACs / module MACs (max, train) |", "|---|---|---|---|---|---|---|---|---|"]
     for loss in [*args.losses, "bp"]:
-        for k in (args.splits if loss != "bp" else [None]):
+        for k in (sorted(args.splits) if loss != "bp" else [None]):
             runs = [results[n] for n in results if n.startswith(f"{loss}-k{k}-s" if k else "bp-s")
                     and "error" not in results[n]]
             if not runs:
@@ -86,7 +92,7 @@ def plot(args, results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for loss in args.losses:
         xs, ys, es = [], [], []
-        for k in args.splits:
+        for k in sorted(args.splits):
             head = [r["test_accuracy"][r["headline"]] for n, r in results.items()
                     if n.startswith(f"{loss}-k{k}-s") and "error" not in r]
             if head:
@@ -117,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--losses", type=lambda t: t.split(","), default=["asge"])
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1, 2])
     p.add_argument("--train", default="--subset 10000 --epochs 5", help="more train flags, one string")
+    p.add_argument("--main-split", type=int, help="the K every seed runs first (default: the first of --splits)")
+    p.add_argument("--other-seeds", type=int, help="how many of --seeds the other K run (default: all)")
+    p.add_argument("--no-bp", action="store_true", help="leave out the backprop runs")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--bench", action="store_true", help="also asge bench per rule and K")
     p.add_argument("--bench-steps", type=int, default=6)
