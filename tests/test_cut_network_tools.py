@@ -68,3 +68,52 @@ def test_cut_network_step_is_capture_ready(method, rule, rng_state_calls):  # no
     assert len(first) > 100 and first == second
     assert [op for op, *_ in first if op in SYNCS] == []
     assert rng_state_calls == []
+
+
+# -- --pipeline and torchrun ----------------------------------------------------------------------------------
+def test_two_stage_pipeline_of_a_cut_network_equals_sequential(cut_run, tmp_path):
+    """--pipeline 2 (each stage one thread, as the sequential run): the same weights, BatchNorm statistics,
+    optimizer states and per-epoch training records, bit for bit."""
+    from helpers import same_tensors
+    out = tmp_path / "pipe"
+    assert main(["train", *CUT, "--epochs", "2", "--pipeline", "2", "--out", str(out), *FAST]) == 0
+    assert json.loads((out / "summary.json").read_text())["model"] == "resnet20"
+    assert_same_weights(cut_run, out)
+    seq, pipe = (torch.load(r / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+                 for r in (cut_run, out))
+    assert same_tensors(seq["method"], pipe["method"])
+    read = lambda run: [json.loads(line)["train"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert read(cut_run) == read(out)
+
+
+def test_one_process_group_of_a_cut_network_equals_sequential(cut_run, tmp_path, monkeypatch):
+    """asge train as the one rank of a torchrun group goes through every data-parallel hook (the batch
+    slices, the gradient all-reduce, the buffers' broadcast) and changes nothing."""
+    from asge.train.distributed import free_port
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "dp"
+    assert main(["train", *CUT, "--epochs", "2", "--out", str(out), *FAST]) == 0
+    assert_same_weights(cut_run, out)
+
+
+def test_two_ranks_validate_the_network_rank_0_checkpoints(tmp_path):
+    """torchrun with 2 ranks: each rank's BatchNorm layers see only its slice of the batches, so their running
+    statistics differ; every rank validates with rank 0's (broadcast after each epoch), so the validation
+    accuracies recorded are those of the checkpoint written."""
+    from test_distributed import finish, torchrun
+    from asge.runs.build import load_run_data
+    from asge.runs.directory import RunDir
+    from asge.runs.evaluation import evaluate_split, split_subset
+    import asge
+    out = tmp_path / "dp2"
+    p = torchrun(*CUT, "--epochs", "2", "--out", str(out), *FAST)
+    _, err = finish(p)
+    assert p.returncode == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = RunDir(out).read_config()
+    val = split_subset(load_run_data(cfg, torch.device("cpu")).val, cfg.val_subset)
+    again = evaluate_split(asge.load(out), val, 256, torch.device("cpu"))      # best.pt, in one process
+    assert again["block_acc"] == summary["block_val_accuracy"]
+    assert again["fusion_acc"] == summary["val_accuracy"]["fusion"]

@@ -4,8 +4,10 @@ Every rank builds the same network, receives the main rank's initial (or resumed
 same global sequence of batches (same seed, same permutation); at every step rank r trains on its own
 contiguous slice of the global batch. Each block's gradient is all-reduced right after that block's
 backward (``block_step``'s ``sync_grads``), weighted by the slice's share of the batch, so every rank
-applies the update of the whole batch and the ranks stay identical; the heads likewise. Every rank
-evaluates and tests its share of each batch; only rank 0 writes the run directory. Every collective is made
+applies the update of the whole batch and the ranks stay identical; the heads likewise. Buffers that each
+rank updates from its own slice (BatchNorm's running statistics) are rank 0's on every rank after each
+epoch, as DDP's ``broadcast_buffers`` makes them. Every rank evaluates and tests its share of each batch;
+only rank 0 writes the run directory. Every collective is made
 by every rank at the same point whatever the options; a rank that fails is named to the others through
 torchrun's store (``peers.py``). Backend: NCCL on GPUs (rank r uses ``cuda:LOCAL_RANK``), gloo on
 CPU.
@@ -111,7 +113,16 @@ class World:
 
     def broadcast_module(self, net: nn.Module) -> None:
         """Every parameter and buffer from rank 0 (one collective per dtype)."""
-        tensors = [t.data for t in net.parameters()] + list(net.buffers())
+        self._broadcast([t.data for t in net.parameters()] + list(net.buffers()))
+
+    def broadcast_buffers(self, net: nn.Module) -> None:
+        """Every buffer from rank 0 (as DDP's ``broadcast_buffers``): BatchNorm's running statistics, which
+        each rank updates from its own slice of the batches, so that every rank evaluates the network rank 0
+        checkpoints."""
+        self._broadcast(list(net.buffers()))
+
+    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """``tensors`` overwritten in place by rank 0's (one collective per dtype)."""
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in tensors:
             by_dtype.setdefault(t.dtype, []).append(t)
@@ -235,6 +246,7 @@ class DistributedMethod(TrainingMethod):
         seen = torch.tensor([float(m.seen)], device=self.world.device)
         m.seen = int(self.world.all_reduce_(seen).item())
         self.check_agreement()
+        self.world.broadcast_buffers(m.net)           # validation next: every rank with rank 0's statistics
         return m.epoch_stats()
 
     SUMMED = ("loss_sum", "correct", "head_loss_sum", "seen")   # statistics that add up over the ranks
