@@ -117,3 +117,20 @@ def test_two_ranks_validate_the_network_rank_0_checkpoints(tmp_path):
     again = evaluate_split(asge.load(out), val, 256, torch.device("cpu"))      # best.pt, in one process
     assert again["block_acc"] == summary["block_val_accuracy"]
     assert again["fusion_acc"] == summary["val_accuracy"]["fusion"]
+
+
+# -- --amp bf16 and --channels-last ---------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, tolerance", [(["--amp", "bf16"], 0.1), (["--channels-last"], 1e-3)])
+def test_amp_and_channels_last_train_a_cut_network(cut_run, tmp_path, flags, tolerance):
+    """The same run in bf16 (its convolutions round otherwise: other weights, near the float32 run's) or in
+    the channels_last memory format (the same arithmetic in another order: float32 rounding apart)."""
+    out = tmp_path / "run"
+    assert main(["train", *CUT, "--epochs", "2", "--out", str(out), *FAST, *flags]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["modules"]) == 4 and all(0 <= a <= 100 for a in summary["test_accuracy"].values())
+    mine, reference = weights(out), weights(cut_run)
+    floats = [k for k in mine if mine[k].is_floating_point()]
+    assert all(mine[k].dtype == torch.float32 and torch.isfinite(mine[k]).all() for k in floats)
+    assert all(torch.allclose(mine[k], reference[k], rtol=0, atol=tolerance) for k in floats)
+    if "--amp" in flags:
+        assert not all(torch.equal(mine[k], reference[k]) for k in floats)
