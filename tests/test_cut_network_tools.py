@@ -134,3 +134,21 @@ def test_amp_and_channels_last_train_a_cut_network(cut_run, tmp_path, flags, tol
     assert all(torch.allclose(mine[k], reference[k], rtol=0, atol=tolerance) for k in floats)
     if "--amp" in flags:
         assert not all(torch.equal(mine[k], reference[k]) for k in floats)
+
+
+# -- the end-of-run summary -----------------------------------------------------------------------------------
+def test_the_summary_names_the_cut_network_its_modules_and_rule(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *CUT[:-1], "3", "--local-loss", "dgl", "--epochs", "1", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20 cut into 3 modules (dgl rule) on digits, channels " in printed and "preset" not in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "3" and summary["local_loss"] == "dgl" and len(summary["modules"]) == 3
+    preset = tmp_path / "preset"
+    assert main(["train", "--model", "digits", "--width", "0.25", "--epochs", "1", "--out", str(preset), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "digits preset on digits, channels 8, 16, 16, 32, 32" in printed and "cut into" not in printed
+    grouped = tmp_path / "grouped"
+    assert main(["train", "--model", "digits", "--width", "0.25", "--split", "2", "--epochs", "1", "--out",
+                 str(grouped), *FAST]) == 0
+    assert "digits preset cut into 2 modules (asge rule) on digits" in capsys.readouterr().out

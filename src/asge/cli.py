@@ -104,12 +104,31 @@ def summary_rows(s: dict, out: Optional[str] = None) -> list[tuple[str, str]]:
     rows.append(("method", s["method"] + (" (local losses: no gradient crosses a block)" if s["method"] == "asge"
                                           else " (backprop through the same blocks)")))
     channels = ", ".join(str(c) for c in s.get("channels") or [])
-    network = "custom channels" if s.get("custom_channels") else f"{s['model']} preset"
-    rows.append(("model", f"{network} on {s['dataset']}" + (f", channels {channels}" if channels else "")
+    rows.append(("model", f"{network_text(s)} on {s['dataset']}" + (f", channels {channels}" if channels else "")
                  + (f", {s['subset']:,} training images" if s.get("subset") else "")))
     if out:
         rows.append(("run directory", str(out)))
     return rows
+
+
+def network_text(s: dict) -> str:
+    """What network a summary's run trained: ``vgg8 preset``, ``custom channels``, or for a network cut into
+    modules (one not a VGG preset, or a preset grouped by --split or trained by another --local-loss; its
+    summary's ``modules``) ``resnet20 cut into 4 modules (asge rule)``; backprop names no rule."""
+    from .nn.local_network import PYTHON_MODEL
+    from .nn.presets import PRESETS
+    model = s["model"]
+    if s.get("custom_channels"):
+        name = "custom channels"
+    elif model in PRESETS:
+        name = f"{model} preset"
+    else:
+        name = "your network (given from Python)" if model == PYTHON_MODEL else str(model)
+    modules = s.get("modules") or []
+    if not modules or not (s.get("network") or (model not in PRESETS and not s.get("custom_channels"))):
+        return name
+    rule = f" ({s.get('local_loss', 'asge')} rule)" if s.get("method") == "asge" else ""
+    return f"{name} cut into {plural(len(modules), 'module')}{rule}"
 
 
 def print_summary(s: dict, out: Optional[str]) -> None:

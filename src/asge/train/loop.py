@@ -428,8 +428,9 @@ def summarise(s: Session, state: RunState, test: dict) -> dict:
     the data as read, parameters, provenance, time. Sets ``net.best_block`` to l* (ASGE)."""
     from ..runs.provenance import device_name, provenance
     cfg, net, data, best = s.cfg, s.net, s.data, state.best
-    summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
-               "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed, "subset": cfg.subset,
+    summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "split": cfg.split,
+               "local_loss": cfg.local_loss, "width": cfg.width, "channels": net.channels, "epochs": cfg.epochs,
+               "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
                "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict(),
