@@ -152,3 +152,35 @@ def test_the_summary_names_the_cut_network_its_modules_and_rule(tmp_path, capsys
     assert main(["train", "--model", "digits", "--width", "0.25", "--split", "2", "--epochs", "1", "--out",
                  str(grouped), *FAST]) == 0
     assert "digits preset cut into 2 modules (asge rule) on digits" in capsys.readouterr().out
+
+
+# -- asge report ----------------------------------------------------------------------------------------------
+def test_report_shows_the_model_its_modules_and_rule(cut_run, tmp_path):
+    """The runs table names the model, its modules and rule; the modules table gives each module's units,
+    output shape, parameters, MACs and head share from summary.json. A run whose summary predates them
+    (no modules, split or local_loss) still renders, its modules counted by its blocks."""
+    import shutil
+    from test_report import table_rows
+    old = tmp_path / "old"
+    shutil.copytree(cut_run, old)
+    s = json.loads((old / "summary.json").read_text())
+    for key in ("modules", "split", "local_loss"):
+        s.pop(key)
+    (old / "summary.json").write_text(json.dumps(s))
+    out = tmp_path / "report"
+    assert main(["report", str(cut_run), str(old), "--labels", "CUT,OLD", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    runs = {row[0]: dict(zip(table_rows(md, "Runs")[0], row)) for row in table_rows(md, "Runs")[1:]}
+    assert runs["CUT"]["model (channels)"] == "resnet20 (4, 8, 8, 16)"
+    assert runs["CUT"]["modules"] == "4" and runs["CUT"]["local rule"] == "asge"
+    assert runs["OLD"]["modules"] == "4" and runs["OLD"]["local rule"] == "asge"     # from its config.yaml
+    modules = table_rows(md, "Modules")
+    assert modules[0] == ["run", "module", "units", "output shape (C × H × W)", "parameters", "MACs per image",
+                          "head share"]
+    recorded = json.loads((cut_run / "summary.json").read_text())["modules"]
+    assert [row[0] for row in modules[1:]] == ["CUT"] * 4                      # the old run has none
+    for row, m in zip(modules[1:], recorded):
+        units = str(m["units"][0]) if m["units"][0] == m["units"][1] else f"{m['units'][0]}–{m['units'][1]}"
+        assert row[2:] == [units, " × ".join(map(str, m["out_shape"])), f"{m['parameters']:,}", f"{m['macs']:,}",
+                           f"{100 * m['head_macs_ratio']:.2f}%"]
+    assert "<h2>Modules</h2>" in (out / "report.html").read_text()

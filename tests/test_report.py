@@ -250,7 +250,7 @@ def test_html_renders_in_headless_chromium(report):
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert len(images) == 7 and all(ok and w >= 400 and h >= 250 for ok, w, h in images), images
-    assert tables == 4
+    assert tables == 5          # accuracy, runs, modules, per block, per class
     assert title == "asge report: ASGE, BP"
 
 

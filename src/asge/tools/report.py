@@ -11,8 +11,9 @@ The output directory (default: ``RUN_DIR/report`` for one run, ``./report`` for 
     val_headline.png   each run's headline validation curve (fusion for ASGE, last for bp) on one plot
                        (several runs, or runs without per-block curves)
     speed.png          training time and throughput per run (several runs)
-    report.md          tables (accuracy per strategy, l*, parameters, time, images/s) and the plots by
-                       relative path
+    report.md          tables (accuracy per strategy, l*; the runs: model, modules, local rule, parameters,
+                       time, images/s; each module's units, shape, parameters, MACs and head share) and
+                       the plots by relative path
     report.html        the same tables with the plots inlined as data URIs: one file to send or open
 
 The comparison at the top of report.md and report.html is one line per pair of runs: every run that is

@@ -54,7 +54,8 @@ def class_list(summary: dict, show: int = 10) -> str:
 
 
 def build_tables(runs: list[RunResults]) -> list[Table]:
-    """The report's tables: runs, test accuracy per strategy, per-block test accuracy (ASGE runs)."""
+    """The report's tables: test accuracy per strategy, runs, their modules (runs that record them), per-block
+    test accuracy (ASGE runs), per-class test accuracy."""
     strategies = [s for s in STRATEGIES if any(s in r.summary["test_accuracy"] for r in runs)]
     strategies += sorted({s for r in runs for s in r.summary["test_accuracy"]} - set(strategies))
     acc_rows = []
@@ -87,20 +88,26 @@ def build_tables(runs: list[RunResults]) -> list[Table]:
         run_rows.append([
             r.label, r.method, str(s.get("recipe") or c.get("recipe") or "–"), str(s.get("dataset", "–")),
             f"{s.get('model', '–')} ({', '.join(str(c) for c in channels)})" if channels else str(s.get("model", "–")),
+            modules_text(r), "backprop" if r.method == "bp" else r.local_rule,
             _count(s.get("subset")) if s.get("subset") else "all", str(s.get("epochs", "–")),
             str(c.get("batch_size", "–")), lr_text, str(s.get("best_epoch", "–")),
             _count(params.get("blocks")), _count(heads),
             f"{s['train_seconds']:.1f}" if isinstance(s.get("train_seconds"), (int, float)) else "–",
             f"{s['images_per_second']:.0f}" if isinstance(s.get("images_per_second"), (int, float)) else "–"])
-    runs_table = Table("Runs", ["run", "method", "recipe", "dataset", "model (channels)", "subset", "epochs",
-                                "batch", "lr (blocks / heads)", "best epoch", "block parameters",
+    runs_table = Table("Runs", ["run", "method", "recipe", "dataset", "model (channels)", "modules", "local rule",
+                                "subset", "epochs", "batch", "lr (blocks / heads)", "best epoch", "block parameters",
                                 "head parameters", "train time (s)", "images/s"],
-                       run_rows, "Subset: the training images used (of the training split). lr: the peak of the "
-                       "cosine schedule, blocks / heads where they differ. Head parameters: the fusion and last "
-                       "heads together (bp: the last head). Train time and images/s: training only (no "
-                       "validation or test), on the machine named above.",
-                       [False] * 5 + [True] * 9)
+                       run_rows, "Channels: each module's output channels. Modules: how many the network is cut "
+                       "into, each trained by the local rule alone (the VGG presets: one per block), and where "
+                       "the cuts were given. Subset: the training images used (of the training split). lr: the "
+                       "peak of the cosine schedule, blocks / heads where they differ. Head parameters: the "
+                       "fusion and last heads together (bp: the last head). Train time and images/s: training "
+                       "only (no validation or test), on the machine named above.",
+                       [False] * 5 + [True, False] + [True] * 9)
     tables = [accuracy, runs_table]
+    modules = modules_table(runs)
+    if modules is not None:
+        tables.append(modules)
     local = [r for r in runs if r.is_local]
     if local:
         depth = max(len(r.summary["block_test_accuracy"]) for r in local)
@@ -118,6 +125,42 @@ def build_tables(runs: list[RunResults]) -> list[Table]:
     if per_class is not None:
         tables.append(per_class)
     return tables
+
+
+def modules_text(r: RunResults) -> str:
+    """How many modules the run's network is cut into (``4``; ``3 (cut at 3,7)`` where the cuts were given;
+    a run without the summary's ``modules``: one per block), ``–`` when not recorded."""
+    count = len(r.summary.get("modules") or r.summary.get("channels") or [])
+    split = r.summary.get("split", r.config.get("split"))
+    if not count:
+        return "–"
+    return f"{count}" + (f" (cut at {split})" if split is not None and not str(split).strip().isdigit() else "")
+
+
+def modules_table(runs: list[RunResults]) -> Optional[Table]:
+    """Each module of the runs whose summary records them (``modules``): the units it holds, its output shape,
+    parameters and multiply-accumulates, its local head's share of them; None when no run records them."""
+    rows = []
+    for r in runs:
+        for k, m in enumerate(r.summary.get("modules") or [], 1):
+            units = m.get("units") or []
+            ratio = m.get("head_macs_ratio")
+            rows.append([r.label, str(k),
+                         ("–" if len(units) != 2 else str(units[0]) if units[0] == units[1]
+                          else f"{units[0]}–{units[1]}"),
+                         " × ".join(str(d) for d in m.get("out_shape") or []) or "–", _count(m.get("parameters")),
+                         _count(m.get("macs")),
+                         f"{100 * ratio:.2f}%" if isinstance(ratio, (int, float)) and math.isfinite(ratio) else "–"])
+    if not rows:
+        return None
+    return Table("Modules", ["run", "module", "units", "output shape (C × H × W)", "parameters", "MACs per image",
+                             "head share"], rows,
+                 "Each module learns from its own local rule (bp runs: the same modules, trained end to end). "
+                 "Units: the network's units it holds, counted from 0 (a ResNet's stem and residual blocks, a "
+                 "VGG's blocks). Parameters and MACs (multiply-accumulates per image of its forward pass) are "
+                 "the module's without its local head; head share: the head's MACs per image (its class scores, "
+                 "what the Best exit adds) as a share of the module's.",
+                 [False, True, False, False, True, True, True])
 
 
 def per_class_table(runs: list[RunResults]) -> Optional[Table]:

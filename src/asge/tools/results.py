@@ -24,6 +24,11 @@ class RunResults:
         return str(self.summary.get("method", self.config.get("method", "asge")))
 
     @property
+    def local_rule(self) -> str:
+        """The rule each module learns from (``--local-loss``; runs that predate it: asge)."""
+        return str(self.summary.get("local_loss") or self.config.get("local_loss") or "asge")
+
+    @property
     def is_local(self) -> bool:
         """True when the run has per-block accuracies (ASGE); False for the backprop baseline."""
         return bool(self.summary.get("block_test_accuracy"))
