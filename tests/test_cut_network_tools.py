@@ -184,3 +184,32 @@ def test_report_shows_the_model_its_modules_and_rule(cut_run, tmp_path):
         assert row[2:] == [units, " × ".join(map(str, m["out_shape"])), f"{m['parameters']:,}", f"{m['macs']:,}",
                            f"{100 * m['head_macs_ratio']:.2f}%"]
     assert "<h2>Modules</h2>" in (out / "report.html").read_text()
+
+
+# -- asge bench -----------------------------------------------------------------------------------------------
+def test_bench_times_the_cut_network_against_backprop_on_it_for_each_split(tmp_path, capsys):
+    """--split 2 4: a row each, resnet20 cut into that many modules (each its own dgl rule) against backprop
+    on the same network: images/s of both, the bytes saved for backward (ASGE: the largest module's graph)."""
+    import re
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", "resnet20", "--width", "0.25", "--split", "2", "4", "--local-loss", "dgl",
+                 "--batch-size", "16", "--steps", "1", "--warmup", "1", "--chunk", "1", "--device", "cpu",
+                 "--no-matmul-peak", "--out", str(out)]) == 0
+    two, four = json.loads((out / "bench.json").read_text())["results"]
+    for r, k in ((two, 2), (four, 4)):
+        assert (r["model"], r["split"], r["local_loss"], r["modules"]) == ("resnet20", str(k), "dgl", k)
+        assert len(r["channels"]) == k and len(r["asge_block_saved_bytes"]) == k + 1     # the modules, the heads
+        assert all(v > 0 for v in r["images_per_second"].values())
+        saved = r["saved_activation_bytes"]
+        assert 0 < saved["asge"] < saved["bp"] and r["memory_ratio"] == saved["asge"] / saved["bp"]
+        assert r["train_flops_per_image"]["asge"] < r["train_flops_per_image"]["bp"]
+    assert two["saved_activation_bytes"]["bp"] == four["saved_activation_bytes"]["bp"]   # one network
+    assert four["saved_activation_bytes"]["asge"] < two["saved_activation_bytes"]["asge"]
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith("resnet20 ") and "width" not in line]
+    assert [row[:4] for row in rows] == [["resnet20", "0.25", "2", "dgl"], ["resnet20", "0.25", "4", "dgl"]]
+    assert re.search(r"\bK\b", printed) and "rule" in printed
+    assert main(["bench", "--model", "resnet20", "--split", "2", "99", "--device", "cpu",
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot cut 10 units into 99 modules" in err and not (tmp_path / "bad").exists()

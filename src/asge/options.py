@@ -93,6 +93,41 @@ def train_flags() -> list[tuple[dataclasses.Field, str, dict]]:
     return flags
 
 
+def add_config_flag(p, name: str, more_help: str = "", **overrides) -> argparse.Action:
+    """The ``asge train`` flag of TrainConfig field ``name`` on another command's parser ``p`` (a parser or an
+    argument group): its help, type and metavar, and for a key whose every value is a name (not ``model``,
+    ``pool`` or ``context``, which also take networks and import paths) those names as its choices;
+    ``more_help`` is added to the help, and ``overrides`` are argparse keywords, for a command that reads the
+    flag otherwise (``asge bench``: another default, several values)."""
+    by_name = {f.name: (f, flag, kw) for f, flag, kw in train_flags()}
+    if name not in by_name:
+        raise KeyError(f"TrainConfig has no flag for {name!r}")
+    f, flag, kw = by_name[name]
+    choices = key_choices()
+    if name in choices:
+        kw.setdefault("metavar", choices_metavar(name, choices))
+        if name not in ("model", "pool", "context"):
+            kw["choices"] = tuple(choices[name])
+    kw["help"] += more_help
+    default_text = f.metadata.get("default_text")
+    if default_text is not None and "default" not in overrides:
+        text = default_text() if callable(default_text) else default_text
+        kw["help"] += f" (default: {text.replace('%', '%%')})"
+    kw.update(overrides)
+    return p.add_argument(flag, **kw)
+
+
+def choices_metavar(key: str, choices: dict) -> str:
+    """How ``--help`` shows a key's names: ``{rms,avg,max,soft}``, with what else it takes (your own module by
+    import path, a network by name)."""
+    text = "{" + ",".join(choices[key]) + "}"
+    if key in ("pool", "context"):
+        text += "|MODULE:NAME"
+    if key == "model":
+        text += "|resnetN|torchvision:NAME|timm:NAME"
+    return text
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """A flag for every TrainConfig field (:func:`train_flags`), in the field's group; defaults are None so that
     YAML and presets fill the gaps."""
@@ -123,11 +158,7 @@ def document_train_options(p: argparse.ArgumentParser) -> None:
         if key not in fields or action.help == argparse.SUPPRESS:
             continue
         if key in choices and action.metavar is None:
-            action.metavar = "{" + ",".join(choices[key]) + "}"
-            if key in ("pool", "context"):
-                action.metavar += "|MODULE:NAME"
-            if key == "model":
-                action.metavar += "|resnetN|torchvision:NAME|timm:NAME"
+            action.metavar = choices_metavar(key, choices)
         if action.metavar is None and action.type is int:
             action.metavar = "N"
         if re.search(r"\bdefault\b", action.help or ""):    # says its default itself

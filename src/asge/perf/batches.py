@@ -35,12 +35,21 @@ def real_batches(cfg: TrainConfig, n: int, device: torch.device):
     return out, data.info
 
 
+#: The side of synthetic images for a network that is not a VGG preset: CIFAR's, which the CIFAR ResNets take.
+SYNTHETIC_SIZE = 32
+
+
+def synthetic_size(cfg: TrainConfig) -> int:
+    """The side of ``cfg``'s synthetic images: ``input_size``, else the VGG preset's, else :data:`SYNTHETIC_SIZE`."""
+    from ..nn.presets import PRESETS
+    return cfg.input_size or (PRESETS[cfg.model]["image_size"] if cfg.model in PRESETS else SYNTHETIC_SIZE)
+
+
 def bench_batches(cfg: TrainConfig, n: int, device: torch.device):
     """``n`` training batches of ``cfg.batch_size`` (synthetic, or from ``cfg.dataset``) and the data's info."""
     from ..data import DatasetInfo
-    from ..nn.presets import get_preset
     if cfg.dataset == "synthetic":
-        size = cfg.input_size or get_preset(cfg.model)["image_size"]
+        size = synthetic_size(cfg)
         info = DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=size)
         batches = synthetic_batches(n, cfg.batch_size, info.in_channels, size, info.num_classes, cfg.seed, device)
     else:

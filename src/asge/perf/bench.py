@@ -1,7 +1,9 @@
 """``asge bench``: ASGE against the backprop baseline on the same network and the same batches, in one run.
 
-Both methods train their own copy of one network (same seed, same initial weights) on the same sequence of
-batches. Timing alternates short chunks of steps (ASGE, BP, BP, ASGE, ...) so that machine noise hits both
+The network is any that ``asge train`` takes (``--model``: a VGG preset, a CIFAR ResNet, torchvision:NAME,
+timm:NAME), ASGE training it cut into ``--split`` modules each learning from ``--local-loss``, BP end to end;
+each ``--width`` and ``--split`` value gives a row. Both methods train their own copy of one network (same
+seed, same initial weights) on the same sequence of batches. Timing alternates short chunks of steps (ASGE, BP, BP, ASGE, ...) so that machine noise hits both
 alike; images/s is the total images over the total time of each method's chunks. Memory: the peak bytes
 autograd saves for backward over one step (``activation_memory.py``; for ASGE one block's graph at a time,
 for BP the whole network's), and on CUDA the peak allocated memory of a step. FLOPs: ``flops.py``.
@@ -33,7 +35,8 @@ from ..errors import AsgeError
 from ..nn.flops import conv_flops, matmul_peak_gflops
 from ..runs.directory import refuse_overwrite
 
-RESULT_KEYS = ("model", "width", "channels", "batch_size", "device", "images_per_second", "speed_ratio",
+RESULT_KEYS = ("model", "split", "local_loss", "modules", "width", "channels", "batch_size", "device",
+               "images_per_second", "speed_ratio",
                "saved_activation_bytes", "memory_ratio", "asge_block_saved_bytes", "cuda_peak_bytes",
                "train_flops_per_image", "achieved_gflops")
 
@@ -179,7 +182,8 @@ def bench_one(cfg: TrainConfig, *, steps: int, warmup: int, chunk: int, device: 
     memory_ratio = saved["asge"] / max(saved["bp"], 1)
     flops = {k: conv_flops(methods[k].net, k, batch_size[k]) for k in methods}
     record = {
-        "model": cfg.model, "width": cfg.width, "channels": methods["asge"].net.channels,
+        "model": cfg.model, "split": cfg.split, "local_loss": cfg.local_loss,
+        "modules": len(methods["asge"].net.blocks), "width": cfg.width, "channels": methods["asge"].net.channels,
         "batch_size": cfg.batch_size, "batch_sizes": batch_size, "steps": steps, "warmup": warmup, "chunk": chunk,
         "dataset": cfg.dataset, "device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
         "recipe": cfg.recipe, "norm": cfg.norm, "pool": cfg.pool, "context": cfg.context,
@@ -218,7 +222,8 @@ def graph_pool_bytes(method) -> Optional[int]:
 def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: TrainConfig,
                     device: torch.device) -> dict:
     """One step of each method (on its own ``batches[method]``) under torch.profiler: tables to
-    ``out/profile_<method>_w<width>.txt``; returns the top operators' self time (ms) per method."""
+    ``out/profile_<method>_w<width>[_split<split>].txt``; returns the top operators' self time (ms) per
+    method."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,7 @@ def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: Trai
         counters[name] += 1
         ka = prof.key_averages()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        (out / f"profile_{name}_w{cfg.width:g}.txt").write_text(ka.table(sort_by=key, row_limit=40))
+        (out / profile_name(name, cfg.width, cfg.split)).write_text(ka.table(sort_by=key, row_limit=40))
         rows = sorted(ka, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
         total = sum(e.self_cpu_time_total for e in ka) or 1
         tops[name] = {"total_ms": total / 1e3,
@@ -241,18 +246,24 @@ def profile_methods(methods: dict, batches, counters: dict, out: Path, cfg: Trai
 
 
 def format_table(results: list[dict]) -> str:
+    """One row per result: the network (model, width, K modules, the local rule ASGE trains them by), the
+    batch, each method's images/s and saved-activation MiB and their ratios; a line of detail under each."""
     mib = lambda b: b / 2 ** 20  # noqa: E731
-    head = (f"{'model':<7}{'width':>6}{'batch':>9} {'ASGE img/s':>11}{'BP img/s':>10}{'speed':>8}"
-            f"{'ASGE saved MiB':>16}{'BP saved MiB':>14}{'memory':>8}")
+    wide = max([7] + [len(str(r["model"])) + 1 for r in results])
+    head = (f"{'model':<{wide}}{'width':>6}{'K':>4} {'rule':<8}{'batch':>7} {'ASGE img/s':>11}{'BP img/s':>10}"
+            f"{'speed':>8}{'ASGE saved MiB':>16}{'BP saved MiB':>14}{'memory':>8}")
     lines = [head, "-" * len(head)]
+    indent = " " * (wide + 26)
     for r in results:
         sizes = r.get("batch_sizes") or {"asge": r["batch_size"], "bp": r["batch_size"]}
         batch = str(sizes["bp"]) if sizes["asge"] == sizes["bp"] else f"{sizes['asge']}/{sizes['bp']}"
-        lines.append(f"{r['model']:<7}{r['width']:>6g}{batch:>9} {r['images_per_second']['asge']:>11.1f}"
+        modules = r.get("modules") or len(r.get("channels") or []) or "?"
+        lines.append(f"{r['model']:<{wide}}{r['width']:>6g}{modules:>4} {r.get('local_loss') or 'asge':<8}"
+                     f"{batch:>7} {r['images_per_second']['asge']:>11.1f}"
                      f"{r['images_per_second']['bp']:>10.1f}{r['speed_ratio']:>7.2f}x"
                      f"{mib(r['saved_activation_bytes']['asge']):>16.1f}{mib(r['saved_activation_bytes']['bp']):>14.1f}"
                      f"{r['memory_ratio']:>7.2f}x")
-        extra = (f"{'':19} GFLOP/s asge {r['achieved_gflops']['asge']:.1f}, bp {r['achieved_gflops']['bp']:.1f}"
+        extra = (f"{indent}GFLOP/s asge {r['achieved_gflops']['asge']:.1f}, bp {r['achieved_gflops']['bp']:.1f}"
                  f"; per-chunk speed ratio median {r['chunk_speed_ratio_median']:.2f}x "
                  f"(range {min(r['chunk_speed_ratios']):.2f}-{max(r['chunk_speed_ratios']):.2f})")
         if r.get("cuda_peak_bytes"):
@@ -261,40 +272,43 @@ def format_table(results: list[dict]) -> str:
         lines.append(extra)
         if r.get("equal_memory"):
             e = r["equal_memory"]
-            lines.append(f"{'':19} equal memory: ASGE at batch {sizes['asge']} against BP at {sizes['bp']} "
+            lines.append(f"{indent}equal memory: ASGE at batch {sizes['asge']} against BP at {sizes['bp']} "
                          f"({e['basis']} {mib(e['asge_bytes']):.1f} / {mib(e['bp_bytes']):.1f} MiB): "
                          "a larger batch is another optimisation, not the same run")
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..options import parse_option
+    from ..options import add_config_flag
     a = p.add_argument
-    a("--model", default="vgg8", help="preset: vgg8 (default), vgg11, quick, digits")
+    add_config_flag(p, "model", default="vgg8", help="the network, as asge train's --model: a VGG preset, a CIFAR "
+                    "ResNet (resnet20, resnet32, resnet56, resnet110), torchvision:NAME or timm:NAME; both methods "
+                    "train it, ASGE cut into --split modules, BP end to end")
+    add_config_flag(p, "split", nargs="+", more_help="; several (e.g. --split 4 16): a row for each")
+    add_config_flag(p, "local_loss", default="asge")
     a("--width", type=float, nargs="+", default=[0.25, 0.5], help="width multiplier(s) (default 0.25 0.5)")
     a("--batch-size", type=int, default=128)
-    a("--steps", type=int, default=12, help="timed training steps per method and width (default 12)")
+    a("--steps", type=int, default=12, help="timed training steps per method and row (default 12)")
     a("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
     a("--chunk", type=int, default=2, help="steps per timed chunk; chunks alternate ASGE/BP (default 2)")
     a("--dataset", default="synthetic",
       help="synthetic (default: random images of the model's size) or a dataset name (digits, cifar10, ...)")
     a("--data-root")
-    a("--input-size", type=int, help="image side (synthetic: default the model's; real: the dataset's)")
+    a("--input-size", type=int, help="image side (synthetic: default the VGG preset's, 32 for other networks; real: "
+                                      "the dataset's)")
     a("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    a("--amp", default="none", help="none (default), bf16, fp16 (both methods)")
-    a("--recipe", default="paper", help="paper (default), plus or colour: the recipe's block options "
-                                        "(asge/recipes.py); --batch-size still sets the batch")
-    a("--norm", help="block entry norm: layer (the paper recipe's), rms (the authors' code), none")
-    a("--pool", help="rms (default), avg, max, soft, or your own by import path (docs/extending.md)")
-    a("--context", help="none (default), sge, gsop, gsop-spatial, ge-minus, ge, ge-plus, or your own by import "
-                        "path, e.g. my_gates:ChannelGate (docs/extending.md)")
-    a("--context-option", type=parse_option, action="append", metavar="KEY=VALUE",
-      help="option for the context module (repeatable)")
-    a("--context-blocks", type=lambda s: [int(x) for x in s.split(",")], help="1-based blocks with the context")
+    add_config_flag(p, "amp", default="none", more_help=" (both methods)")
+    add_config_flag(p, "recipe", default="paper", help="the recipe's block options (asge/recipes.py); "
+                                                       "--batch-size still sets the batch")
+    for name in ("norm", "pool", "context"):
+        add_config_flag(p, name, more_help=f" (default: the --recipe's, else {getattr(TrainConfig, name)})")
+    add_config_flag(p, "context_options")
+    add_config_flag(p, "context_blocks")
     a("--channels-last", action="store_true", help="channels_last memory format (both methods)")
     a("--compile", action="store_true", help="torch.compile each ASGE block's step and the BP forward")
-    a("--cuda-graphs", default="off", choices=("off", "on"),
-      help="off (default) or on: each method's whole step captured once as a CUDA graph and replayed (CUDA only)")
+    add_config_flag(p, "cuda_graphs", default="off",
+                    help="on: each method's whole step captured once as a CUDA graph and replayed (CUDA only; "
+                         "refused with fp16 or --compile); off and auto: every step eager")
     a("--threads", type=int, help="torch threads (default: torch's)")
     a("--lr", type=float, default=2e-4)
     a("--seed", type=int, default=0)
@@ -307,7 +321,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       help="replace the results already in --out (bench.json, overhead.json, profile tables); without it they "
            "are never overwritten: choose another --out")
     a("--equal-memory", action="store_true",
-      help="also, per width: ASGE at the largest batch (a multiple of 8) whose step needs no more memory than "
+      help="also, per row: ASGE at the largest batch (a multiple of 8) whose step needs no more memory than "
            "BP's at --batch-size (CUDA peak on GPUs, saved-for-backward bytes elsewhere), in its own row")
     a("--overhead", action="store_true",
       help="instead: host time per step, ASGE vs BP, at VGG8 width 1/32 (channels 4..16), batch 1 "
@@ -316,23 +330,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: Options that ``--overhead`` does not read (it measures VGG8 at width 1/32, batch 1, its own steps).
-NOT_FOR_OVERHEAD = ("width", "batch_size", "steps", "chunk", "dataset", "data_root", "input_size", "norm", "pool",
-                    "context", "context_option", "context_blocks", "channels_last", "compile", "cuda_graphs",
-                    "profile", "equal_memory")
+NOT_FOR_OVERHEAD = ("width", "split", "local_loss", "batch_size", "steps", "chunk", "dataset", "data_root",
+                    "input_size", "norm", "pool", "context", "context_option", "context_blocks", "channels_last",
+                    "compile", "cuda_graphs", "profile", "equal_memory")
+
+
+def profile_name(method: str, width: float, split: Optional[str]) -> str:
+    """The profile table of ``method`` at ``width`` (and ``split``, when given): ``profile_asge_w0.5.txt``,
+    ``profile_asge_w0.5_split4.txt``."""
+    return f"profile_{method}_w{width:g}" + (f"_split{split}" if split is not None else "") + ".txt"
 
 
 def result_files(args: argparse.Namespace) -> list[Path]:
     """The files in ``--out`` that this ``asge bench`` would write and that exist already: overhead.json
-    (``--overhead``), else bench.json and, with ``--profile``, each method's profile table per width."""
+    (``--overhead``), else bench.json and, with ``--profile``, each method's profile table per width and
+    split."""
     out = Path(args.out)
     names = ["overhead.json"] if args.overhead else ["bench.json"] + (
-        [f"profile_{m}_w{w:g}.txt" for w in args.width for m in METHODS] if args.profile else [])
+        [profile_name(m, w, k) for w in args.width for k in (args.split or [None]) for m in METHODS]
+        if args.profile else [])
     return [out / n for n in names if (out / n).exists()]
 
 
 def run(args: argparse.Namespace) -> int:
     from ..runs.build import resolve_device
     if args.overhead:
+        from ..nn.presets import PRESETS
+        if args.model not in PRESETS:
+            raise AsgeError(f"--overhead measures a VGG preset at width 1/32 ({', '.join(PRESETS)}), not "
+                            f"{args.model}")
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         defaults = vars(parser.parse_args([]))
@@ -355,40 +381,39 @@ def run(args: argparse.Namespace) -> int:
         why = graphs_blocker(args, device)
         if why is not None:
             raise AsgeError(f"--cuda-graphs on: {why}")
-    from ..layers.context import check_context_options
-    from ..recipes import recipe_defaults
-    check_context_options(args.context or recipe_defaults(args.recipe).get("context", "none"),
-                          dict(args.context_option or []))
-    configs = []                          # every configuration checked before anything is written
-    for width in args.width:
-        options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,
-                       data_root=args.data_root, model=args.model, width=width, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, device=str(device), amp=args.amp,
-                       channels_last=args.channels_last, compile=args.compile, input_size=args.input_size,
-                       cuda_graphs=args.cuda_graphs)
-        for key in ("norm", "pool", "context", "context_blocks"):
-            if getattr(args, key) is not None:
-                options[key] = getattr(args, key)
-        if args.context_option:
-            options["context_options"] = dict(args.context_option)
-        cfg = TrainConfig.from_dict(options)
-        cfg = cfg.resolved()
-        cfg.dataset = args.dataset
-        configs.append((width, cfg))
+    configs = []                          # every configuration checked (TrainConfig.validate) before anything
+    for width in args.width:              # is written
+        for split in args.split or [None]:
+            options = dict(recipe=args.recipe, dataset="digits" if args.dataset == "synthetic" else args.dataset,
+                           data_root=args.data_root, model=args.model, split=split, local_loss=args.local_loss,
+                           width=width, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=str(device),
+                           amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                           input_size=args.input_size, cuda_graphs=args.cuda_graphs)
+            for key in ("norm", "pool", "context", "context_blocks"):
+                if getattr(args, key) is not None:
+                    options[key] = getattr(args, key)
+            if args.context_option:
+                options["context_options"] = dict(args.context_option)
+            cfg = TrainConfig.from_dict(options)
+            cfg = cfg.resolved()
+            cfg.dataset = args.dataset
+            check_cut(cfg)
+            configs.append(cfg)
     from ..runs.directory import make_directory
     refuse_overwrite(Path(args.out), "benchmark results", result_files(args), args.force)
     out = make_directory(args.out, "bench directory (--out)", AsgeError)
     results = []
-    for width, cfg in configs:
-        print(f"{args.model} width {width:g}, batch {args.batch_size}, {args.steps} timed steps per method "
-              f"on {device} ({torch.get_num_threads()} threads)", flush=True)
+    for cfg in configs:
+        what = f"{args.model} width {cfg.width:g}" + (f", split {cfg.split}" if cfg.split is not None else "") + \
+            (f", {cfg.local_loss} rule" if cfg.local_loss != "asge" else "")
+        print(f"{what}, batch {args.batch_size}, {args.steps} timed steps per method on {device} "
+              f"({torch.get_num_threads()} threads)", flush=True)
         log = lambda s: print(s, flush=True)  # noqa: E731
         results.append(bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,
                                  profile_dir=out if args.profile else None, log=log))
         if args.equal_memory:
             equal = equal_memory_batch(cfg, device, log=log)
-            print(f"{args.model} width {width:g}, equal memory: ASGE at batch {equal['asge_batch']}, BP at "
-                  f"{args.batch_size}", flush=True)
+            print(f"{what}, equal memory: ASGE at batch {equal['asge_batch']}, BP at {args.batch_size}", flush=True)
             record = bench_one(cfg, steps=args.steps, warmup=args.warmup, chunk=args.chunk, device=device,
                                log=log, asge_batch=equal["asge_batch"])
             results.append(dict(record, equal_memory=equal))
@@ -408,6 +433,18 @@ def run(args: argparse.Namespace) -> int:
             for r in results))
     print(f"wrote {out / 'bench.json'}")
     return 0
+
+
+def check_cut(cfg: TrainConfig) -> None:
+    """Build ``cfg``'s network once, on the CPU for 3-channel images of the run's size, so that a --split it
+    cannot take is refused (one line) before anything is written. (Its rule is ASGE's here: the data's number
+    of classes, which another rule may depend on, is known once the data is read.)"""
+    from ..data import DatasetInfo, native_size
+    from ..runs.build import build_model
+    from .batches import synthetic_size
+    size = synthetic_size(cfg) if cfg.dataset == "synthetic" else cfg.input_size or native_size(cfg.dataset)
+    build_model(dataclasses.replace(cfg, local_loss="asge"), DatasetInfo("check", num_classes=10, in_channels=3,
+                                                                          image_size=size))
 
 
 def machine_info(device: torch.device) -> dict:
