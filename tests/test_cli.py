@@ -48,7 +48,8 @@ def test_resume_flag_continues(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "svhn"], "valid: digits, mnist, fashion-mnist"),
-    (["--model", "resnet"], "valid: vgg8, vgg11, quick, digits"),
+    (["--model", "resnet"], "valid are resnet20, resnet32"),
+    (["--model", "vgg9"], "valid: vgg8, vgg11, quick, digits, resnetN"),
     (["--pool", "median"], "valid: avg, max, rms"),
     (["--norm", "batch"], "valid: layer, none, rms"),
     (["--method", "hebb"], "valid: asge, bp"),
