@@ -213,3 +213,57 @@ def test_bench_times_the_cut_network_against_backprop_on_it_for_each_split(tmp_p
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot cut 10 units into 99 modules" in err and not (tmp_path / "bad").exists()
+
+
+# -- asge ablate ----------------------------------------------------------------------------------------------
+def test_ablate_grid_over_splits_and_rules(tmp_path, capsys):
+    """--splits 2,4 --losses asge,dgl on resnet20: four ordinary runs (split<K>-<rule>/), the table's rows with
+    the split and rule of each; the same command again reads them back; refusals in one line."""
+    from test_ablate import read_csv
+    out = tmp_path / "abl"
+    args = ["ablate", "--model", "resnet20", "--width", "0.25", "--splits", "2,4", "--losses", "asge,dgl",
+            "--epochs", "1", "--out", str(out), *FAST]
+    assert main(args) == 0
+    table = read_csv(out / "ablation.csv")
+    assert [(r["setting"], r["split"], r["local_loss"], r["status"]) for r in table] == [
+        ("split2-asge", "2", "asge", "trained"), ("split2-dgl", "2", "dgl", "trained"),
+        ("split4-asge", "4", "asge", "trained"), ("split4-dgl", "4", "dgl", "trained")]
+    for r in table:
+        summary = json.loads((out / r["setting"] / "summary.json").read_text())
+        assert (summary["model"], summary["split"], summary["local_loss"]) == ("resnet20", r["split"], r["local_loss"])
+        assert len(summary["modules"]) == len(r["block_test_accuracy"].split()) == int(r["split"])
+        assert float(r["fusion"]) == pytest.approx(summary["test_accuracy"]["fusion"], abs=1e-3)
+    md = (out / "ablation.md").read_text()
+    assert "# Ablation: splits and local rules" in md and "reference setting `split2-asge`" in md
+    assert "| setting | split | rule | fusion % |" in md and "| pool |" not in md
+    assert "| split4-dgl | 4 | dgl |" in capsys.readouterr().out
+    assert main(args) == 0
+    assert all(r["status"] == "reused" for r in read_csv(out / "ablation.csv"))
+    capsys.readouterr()
+    for bad, message in ((["--losses", "asge,dgll"], "unknown local_loss 'dgll' in --losses; valid: asge, cwc, dgl"),
+                         (["--pools", "rms,max"], "--pool applies to the VGG presets' blocks"),
+                         (["--splits", "2,x"], "split: expected a number of modules")):
+        try:
+            code = main(["ablate", "--model", "resnet20", *bad, "--epochs", "1", "--out", str(tmp_path / "bad"),
+                         *FAST])
+        except SystemExit as e:          # refused by the parser
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "bad").exists()
+
+
+def test_ablate_crosses_pools_with_rules_on_vgg_blocks(tmp_path, capsys):
+    """A VGG network's blocks keep their pools: --pools rms,max --grid pool --losses asge,predsim trains the
+    four settings <pool>-none-<rule>/ and the table shows pool, context and rule."""
+    from test_ablate import read_csv
+    out = tmp_path / "abl"
+    assert main(["ablate", "--channels", "8v,8", "--grid", "pool", "--pools", "rms,max", "--losses", "asge,predsim",
+                 "--epochs", "1", "--out", str(out), *FAST]) == 0
+    table = read_csv(out / "ablation.csv")
+    assert [(r["setting"], r["pool"], r["local_loss"], r["split"]) for r in table] == [
+        ("rms-none-asge", "rms", "asge", ""), ("rms-none-predsim", "rms", "predsim", ""),
+        ("max-none-asge", "max", "asge", ""), ("max-none-predsim", "max", "predsim", "")]
+    assert all(r["status"] == "trained" for r in table)
+    assert json.loads((out / "max-none-predsim" / "summary.json").read_text())["local_loss"] == "predsim"
+    assert "| setting | pool | context | rule | fusion % |" in (out / "ablation.md").read_text()

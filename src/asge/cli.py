@@ -20,7 +20,8 @@ from .errors import AsgeError, Preempted
 
 # Subcommands defined in their own modules: each has add_arguments(parser) and run(args) -> int.
 EXTRA_COMMANDS = {
-    "ablate": ("asge.tools.ablate", "run a grid of pool x context settings and write a results table"),
+    "ablate": ("asge.tools.ablate", "run a grid of pool x context settings (and splits x local rules) and "
+                                    "write a results table"),
     "bench": ("asge.perf.bench", "ASGE against backprop on the same batches: speed and memory"),
     "report": ("asge.tools.report", "plots, report.md and report.html from one or more run directories"),
     "predict": ("asge.use.predict", "classify image files or folders with a trained run"),

@@ -1,10 +1,12 @@
-"""``asge ablate``: train one base setting with several pools and context modules, and tabulate the results.
+"""``asge ablate``: train one base setting with several pools and context modules, splits and local rules,
+and tabulate the results.
 
 Every setting is an ordinary run directory ``OUT/<pool>-<context>/`` written by :func:`asge.train.fit`
 (so ``asge report`` and ``asge eval`` work on each), trained with the same seed, data and budget; only the
-pool and the context module differ. ``OUT/ablation.md`` and ``OUT/ablation.csv`` hold one row per setting:
-test accuracy per strategy, the best block l*, parameters, mean epoch time and images/s. They are rewritten
-after every setting, so a partial ablation already has its table.
+pool and the context module differ (and, with ``--splits`` / ``--losses``, the split and the local rule).
+``OUT/ablation.md`` and ``OUT/ablation.csv`` hold one row per setting: test accuracy per strategy, the best
+block l*, parameters, mean epoch time and images/s. They are rewritten after every setting, so a partial
+ablation already has its table.
 
 Grids (``--grid``), around the reference setting (``--pool``/``--context`` of the base, default rms/none):
 
@@ -14,6 +16,13 @@ Grids (``--grid``), around the reference setting (``--pool``/``--context`` of th
 * ``full``: the cross product pools x contexts.
 
 The reference setting is always part of the grid (epoch-time overheads are measured against it).
+
+Splits and local rules (``--splits 2,4,8``, ``--losses asge,dgl``): every setting of the pool x context grid
+is trained with every split (the modules the network is cut into, ``--split``) and every rule
+(``--local-loss``), into ``OUT/<pool>-<context>-split<K>-<rule>/``; the first split and rule are the
+reference's. For a network that is not a VGG preset (``--model resnet20``: no pools or context modules of
+its own) the directories are ``OUT/split<K>-<rule>/``. With either axis, ``--pools`` and ``--contexts``
+default to the reference pool and context alone (give them to cross the grids).
 
 Resuming: a setting whose ``summary.json`` exists is read back, not retrained (its saved configuration
 must match); a setting interrupted mid-run continues from its last checkpoint. A setting that fails (for
@@ -41,13 +50,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, key_choices
 from ..errors import AsgeError, Preempted
 from ..layers import CONTEXTS, POOLS
+from ..nn.presets import PRESETS
 from ..runs.lock import RunLock
 from ..runs.directory import RunDir
 
@@ -56,18 +66,51 @@ DEFAULT_CONTEXTS = tuple(CONTEXTS)        # ... and context module
 GRIDS = ("oat", "pool", "context", "full")
 
 #: Columns of ablation.csv, in order. Accuracies are percentages; times are seconds.
-CSV_COLUMNS = ("setting", "pool", "context", "status", "fusion", "last", "best", "best_block",
-               "block_test_accuracy", "parameters_blocks", "parameters_context", "epochs", "epoch_seconds",
-               "epoch_time_ratio", "images_per_second", "run_dir", "error", "seeds", "fusion_sd", "last_sd",
-               "best_sd")
+CSV_COLUMNS = ("setting", "pool", "context", "split", "local_loss", "status", "fusion", "last", "best",
+               "best_block", "block_test_accuracy", "parameters_blocks", "parameters_context", "epochs",
+               "epoch_seconds", "epoch_time_ratio", "images_per_second", "run_dir", "error", "seeds", "fusion_sd",
+               "last_sd", "best_sd")
 #: Accuracy columns averaged over seeds (``--seeds``), each with its sample standard deviation ``<key>_sd``.
 SEED_STATS = ("fusion", "last", "best")
 
 
-def setting_name(pool: str, context: str) -> str:
+class Setting(NamedTuple):
+    """One setting of the grid: its pool and context module, and its split and local rule where the grid
+    varies them (None: the base's)."""
+    pool: str
+    context: str
+    split: Optional[str] = None
+    loss: Optional[str] = None
+
+
+def setting_name(pool: str, context: str, split: Optional[str] = None, loss: Optional[str] = None, *,
+                 blocks: bool = True) -> str:
     """``rms``, ``gsop-spatial`` -> ``rms-gsop-spatial`` (pool names hold no dash); an import path's ``:``
-    becomes ``.`` (``rms``, ``my_gates:Gate`` -> ``rms-my_gates.Gate``: a directory name on every system)."""
-    return f"{pool}-{context}".replace(":", ".")
+    becomes ``.`` (``rms``, ``my_gates:Gate`` -> ``rms-my_gates.Gate``: a directory name on every system).
+    A ``split`` and a ``loss`` add ``-split4-dgl`` (cut points ``3,7`` read ``split3_7``); ``blocks=False``
+    leaves the pool and context out (a network without VGG blocks: ``split4-dgl``)."""
+    parts = [f"{pool}-{context}"] if blocks or (split is None and loss is None) else []
+    if split is not None:
+        parts.append("split" + split.replace(",", "_").replace(";", "_"))
+    if loss is not None:
+        parts.append(loss)
+    return "-".join(parts).replace(":", ".")
+
+
+def parse_splits(text: str) -> list[str]:
+    """``"2,4,8"`` -> ["2", "4", "8"] (K values); settings of cut points are separated by ``;``:
+    ``"3,7;2,5,8"`` -> ["3,7", "2,5,8"]. Each is a valid ``--split``."""
+    from ..nn.local_network import parse_split
+    items = [t.strip().replace(" ", "") for t in text.split(";" if ";" in text else ",") if t.strip()]
+    try:
+        for item in items:
+            parse_split(item)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not items or len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"expected distinct splits, comma-separated numbers of modules (e.g. 2,4,8) "
+                                         f"or cut points separated by semicolons (e.g. 3,7;2,5,8), got {text!r}")
+    return items
 
 
 def parse_list(text: str) -> list[str]:
@@ -149,9 +192,10 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _row(pool: str, context: str, run_dir: Path) -> dict:
-    return {"setting": setting_name(pool, context), "pool": pool, "context": context, "status": "",
-            "run_dir": str(run_dir), "error": ""}
+def _row(cfg: TrainConfig, name: str, run_dir: Path) -> dict:
+    """A setting's row before it trains: its name, and the pool, context, split and rule of ``cfg``."""
+    return {"setting": name, "pool": cfg.pool, "context": cfg.context, "split": cfg.split,
+            "local_loss": cfg.local_loss, "status": "", "run_dir": str(run_dir), "error": ""}
 
 
 def _fill_from_run(row: dict, run: RunDir, summary: dict) -> None:
@@ -171,11 +215,13 @@ def _check_same_config(run: RunDir, cfg: TrainConfig) -> None:
 
 
 def _derive(rows: list[dict], reference: str) -> None:
-    """Context parameters (blocks minus those of the same pool without context) and epoch-time ratios."""
+    """Context parameters (blocks minus those of the same pool, split and rule without context) and epoch-time
+    ratios."""
     by_name = {r["setting"]: r for r in rows}
+    by_key = {(r["pool"], r["context"], r.get("split"), r.get("local_loss")): r for r in rows}
     ref = by_name.get(reference, {})
     for r in rows:
-        base = by_name.get(setting_name(r["pool"], "none"), {})
+        base = by_key.get((r["pool"], "none", r.get("split"), r.get("local_loss")), {})
         if r.get("parameters_blocks") is not None and base.get("parameters_blocks") is not None:
             r["parameters_context"] = r["parameters_blocks"] - base["parameters_blocks"]
         if r.get("epoch_seconds") and ref.get("epoch_seconds"):
@@ -213,7 +259,8 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
                  contexts: Sequence[str] = DEFAULT_CONTEXTS, out_dir: str | Path = "runs/ablation", *,
                  grid: str = "oat", context_options: Optional[dict[str, dict]] = None,
                  log: Callable[[str], None] = print, command: Optional[str] = None,
-                 seeds: Optional[Sequence[int]] = None, force: bool = False) -> list[dict]:
+                 seeds: Optional[Sequence[int]] = None, force: bool = False,
+                 splits: Optional[Sequence[str]] = None, losses: Optional[Sequence[str]] = None) -> list[dict]:
     """Train every (pool, context) setting of ``grid`` from ``base_cfg`` into ``out_dir/<pool>-<context>/``.
 
     ``base_cfg.pool``/``base_cfg.context`` are the reference setting. ``base_cfg.context_options`` may mix
@@ -228,39 +275,59 @@ def run_ablation(base_cfg: TrainConfig, pools: Sequence[str] = DEFAULT_POOLS,
 
     ``force``: rewrite the tables of an ablation already in ``out_dir`` even where that loses results (see
     the module docstring); without it, AsgeError (one line) and nothing is trained or written.
+
+    ``splits`` (``--split`` values) and ``losses`` (``--local-loss`` values): every (pool, context) setting is
+    trained with each split and each rule, into ``out_dir/<pool>-<context>-split<K>-<rule>/`` (a network
+    without VGG blocks: ``out_dir/split<K>-<rule>/``); the first of each is the reference's.
     """
     for p in pools:
         POOLS.check(p)
     for c in contexts:
         CONTEXTS.check(c)
     base_cfg.validate(template=True)      # its context options: per module, by check_option_keys below
+    splits = [str(k) for k in splits] if splits else None      # a split is a --split's text (K, or cut points)
+    rules = key_choices()["local_loss"]
+    for loss in losses or []:
+        if loss not in rules:
+            raise ValueError(f"unknown local_loss {loss!r} in --losses; valid: {', '.join(rules)}")
     if getattr(base_cfg, "pipeline", 1) > 1:
         raise AsgeError("asge ablate trains each setting in this process; --pipeline is not supported here")
     common, per = split_context_options(base_cfg.context_options)
     for name, opts in (context_options or {}).items():
         per.setdefault(CONTEXTS.check(name), {}).update(opts)
     reference = (base_cfg.pool, base_cfg.context)
-    settings = grid_settings(pools, contexts, grid, reference)
-    check_option_keys(common, per, [c for _, c in settings])
+    pairs = grid_settings(pools, contexts, grid, reference)
+    check_option_keys(common, per, [c for _, c in pairs])
+    settings = [Setting(p, c, k, r) for p, c in pairs for k in (splits or [None]) for r in (losses or [None])]
+    blocks = base_cfg.channels is not None or base_cfg.resolved().model in PRESETS
+    names = {s: setting_name(*s, blocks=blocks) for s in settings}
+    for s in settings:                    # e.g. a pool for a network without VGG blocks: one line, before any run
+        setting_config(base_cfg, s, base_cfg.seed, Path(out_dir) / names[s], common, per).validate(template=True)
     out = Path(out_dir)
     with RunLock(out, log=log):           # one ablation per directory; each setting's run locks its own
-        lost = [] if force else tables_would_lose(base_cfg, settings, out, common, per,
+        lost = [] if force else tables_would_lose(base_cfg, names, out, common, per,
                                                   list(seeds) if seeds else None)
         if lost:
             raise AsgeError(f"{out} already holds another ablation ({'; '.join(lost)}); pass --force to replace "
                             "its tables (no run directory is removed), or choose another --out")
-        return _train_settings(base_cfg, settings, out, common, per, reference, grid, log, command,
+        first = Setting(*reference, splits[0] if splits else None, losses[0] if losses else None)
+        return _train_settings(base_cfg, names, out, common, per, first, grid, log, command,
                                list(seeds) if seeds else None)
 
 
-def setting_config(base_cfg: TrainConfig, pool: str, context: str, seed: int, run_dir: Path, common: dict,
+def setting_config(base_cfg: TrainConfig, setting: Setting, seed: int, run_dir: Path, common: dict,
                    per: dict[str, dict]) -> TrainConfig:
     """The configuration one setting trains with (one seed), into ``run_dir``."""
-    return dataclasses.replace(base_cfg, pool=pool, context=context, out=str(run_dir), seed=seed,
-                               context_options=options_for(context, common, per))
+    cfg = dataclasses.replace(base_cfg, pool=setting.pool, context=setting.context, out=str(run_dir), seed=seed,
+                              context_options=options_for(setting.context, common, per))
+    if setting.split is not None:
+        cfg.split = setting.split
+    if setting.loss is not None:
+        cfg.local_loss = setting.loss
+    return cfg
 
 
-def tables_would_lose(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
+def tables_would_lose(base_cfg: TrainConfig, settings: dict[Setting, str], out: Path, common: dict,
                       per: dict[str, dict], seeds: Optional[list[int]]) -> list[str]:
     """What rewriting the tables in ``out`` for this ablation would lose, one phrase each (none: ``out`` holds
     no ablation, or the same one, to be continued): rows of ablation.csv / ablation-seeds.csv whose setting
@@ -269,7 +336,7 @@ def tables_would_lose(base_cfg: TrainConfig, settings: list[tuple[str, str]], ou
     if not any(path.is_file() for path in tables.values()):
         return []
     lost = []
-    names = [setting_name(p, c) for p, c in settings]
+    names = list(settings.values())
     had_seeds = tables["ablation-seeds.csv"].is_file()
     if had_seeds != (seeds is not None):
         lost.append(f"it was run {'with' if had_seeds else 'without'} --seeds")
@@ -288,14 +355,14 @@ def tables_would_lose(base_cfg: TrainConfig, settings: list[tuple[str, str]], ou
         if missing:
             lost.append(f"{key} has {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}, which this grid "
                         "lacks")
-    for pool, context in settings:
+    for setting, name in settings.items():
         for seed in seeds or [base_cfg.seed]:
-            run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if seeds is not None else "")
+            run_dir = out / name / (f"seed-{seed}" if seeds is not None else "")
             run = RunDir(run_dir)
             if not run.summary_file.is_file():
                 continue
             try:
-                diff = setting_config(base_cfg, pool, context, seed, run_dir, common, per).resolved().differences(
+                diff = setting_config(base_cfg, setting, seed, run_dir, common, per).resolved().differences(
                     run.read_config())
             except Exception:             # an unreadable config: the setting records its own error
                 continue
@@ -304,37 +371,37 @@ def tables_would_lose(base_cfg: TrainConfig, settings: list[tuple[str, str]], ou
     return lost
 
 
-def _train_settings(base_cfg: TrainConfig, settings: list[tuple[str, str]], out: Path, common: dict,
-                    per: dict[str, dict], reference: tuple[str, str], grid: str, log: Callable[[str], None],
+def _train_settings(base_cfg: TrainConfig, settings: dict[Setting, str], out: Path, common: dict,
+                    per: dict[str, dict], reference: Setting, grid: str, log: Callable[[str], None],
                     command: Optional[str], seeds: Optional[list[int]] = None) -> list[dict]:
-    """``run_ablation``'s loop, with ``out`` locked."""
-    meta = {"base": base_cfg.resolved(), "grid": grid, "reference": setting_name(*reference),
+    """``run_ablation``'s loop, with ``out`` locked; ``settings``: each setting's name."""
+    meta = {"base": base_cfg.resolved(), "grid": grid, "reference": settings[reference],
             "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
             "seeds": seeds}
     rows: list[dict] = []
     seed_rows: list[dict] = []
-    for i, (pool, context) in enumerate(settings, 1):
+    for i, (setting, name) in enumerate(settings.items(), 1):
         setting_rows = []
         for seed in seeds or [base_cfg.seed]:
-            setting_rows.append(_train_setting(base_cfg, pool, context, seed, seeds is not None, out, common, per,
-                                               f"[{i}/{len(settings)}] {setting_name(pool, context)}", log))
+            setting_rows.append(_train_setting(base_cfg, setting, name, seed, seeds is not None, out, common, per,
+                                               f"[{i}/{len(settings)}] {name}", log))
         seed_rows += setting_rows
-        rows.append(aggregate_seeds(setting_rows, out / setting_name(pool, context)) if seeds else setting_rows[0])
+        rows.append(aggregate_seeds(setting_rows, out / name) if seeds else setting_rows[0])
         _derive(rows, meta["reference"])
         write_tables(rows, out, meta, seed_rows if seeds else None)
     return rows
 
 
-def _train_setting(base_cfg: TrainConfig, pool: str, context: str, seed: int, nested: bool, out: Path,
+def _train_setting(base_cfg: TrainConfig, setting: Setting, name: str, seed: int, nested: bool, out: Path,
                    common: dict, per: dict[str, dict], head: str, log: Callable[[str], None]) -> dict:
     """Train (or read back) one setting with one seed; its row (status ``failed`` with the error when it
     fails)."""
     from ..train import fit
-    run_dir = out / setting_name(pool, context) / (f"seed-{seed}" if nested else "")
-    row = _row(pool, context, run_dir)
+    run_dir = out / name / (f"seed-{seed}" if nested else "")
+    cfg = setting_config(base_cfg, setting, seed, run_dir, common, per)
+    row = _row(cfg, name, run_dir)
     row["seed"] = seed
-    cfg = setting_config(base_cfg, pool, context, seed, run_dir, common, per)
     run = RunDir(run_dir)
     if nested:
         head += f" seed {seed}"
@@ -401,11 +468,28 @@ MD_COLUMNS = (("setting", "setting", "str"), ("pool", "pool", "str"), ("context"
               ("vs ref", "epoch_time_ratio", "ratio"), ("img/s", "images_per_second", "rate"))
 
 
+def markdown_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The columns of :data:`MD_COLUMNS` the rows need: split and rule columns where a row has a split or
+    another rule than asge; no pool, context and context-parameter columns where those show one setting
+    beside the splits or rules (a network without VGG blocks); a seeds column with several seeds."""
+    split = any(r.get("split") for r in rows)
+    rule = split or any(r.get("local_loss") not in (None, "", "asge") for r in rows)
+    blocks = len({(r.get("pool"), r.get("context")) for r in rows}) > 1 or not (split or rule)
+    columns = []
+    for column in MD_COLUMNS:
+        if column[1] in ("pool", "context", "parameters_context") and not blocks:
+            continue
+        if column[1] == "fusion":
+            columns += [("split", "split", "str")] * split + [("rule", "local_loss", "str")] * rule
+        columns.append(column)
+    return columns + ([("seeds", "seeds", "str")] if any(r.get("seeds") for r in rows) else [])
+
+
 def markdown_table(rows: Iterable[dict]) -> str:
     """The ablation table; with several seeds each accuracy reads ``mean ± sd`` and a seeds column says
     which seeds finished."""
     rows = list(rows)
-    columns = list(MD_COLUMNS) + ([("seeds", "seeds", "str")] if any(r.get("seeds") for r in rows) else [])
+    columns = markdown_columns(rows)
     lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
              "|" + "|".join("---" if f == "str" else "--:" for _, _, f in columns) + "|"]
     for r in rows:
@@ -426,14 +510,20 @@ def markdown_table(rows: Iterable[dict]) -> str:
 def markdown_text(rows: list[dict], meta: dict) -> str:
     cfg: TrainConfig = meta["base"]
     arch = f"channels {cfg.channels}" if cfg.channels else f"{cfg.model} x{cfg.width:g}"
+    arch += (f", split {cfg.split}" if cfg.split is not None else "") + \
+        (f", {cfg.local_loss} rule" if cfg.local_loss != "asge" else "")
+    axes = [name for key, name in (("pool", "pools"), ("context", "context modules"), ("split", "splits"),
+                                   ("local_loss", "local rules")) if len({r.get(key) for r in rows}) > 1]
+    title = ", ".join(axes[:-1]) + (" and " if len(axes) > 1 else "") + axes[-1] if axes else "one setting"
     text = [
-        "# Ablation: pools and context modules", "",
+        f"# Ablation: {title}", "",
         f"Base: {cfg.method} on {cfg.dataset} ({arch}), subset {cfg.subset or 'all'}, {cfg.epochs} "
         f"epoch{'' if cfg.epochs == 1 else 's'}, "
         f"batch {cfg.batch_size}, lr {cfg.lr:g} (heads {cfg.head_lr:g}), "
-        + (f"seeds {', '.join(map(str, meta['seeds']))} (mean ± sample sd over the seeds), " if meta.get("seeds")
-           else f"seed {cfg.seed}, ") +
-        f"context blocks {cfg.context_blocks or 'all'}. Grid `{meta['grid']}`, reference setting "
+        + (f"seeds {', '.join(map(str, meta['seeds']))} (mean ± sample sd over the seeds)" if meta.get("seeds")
+           else f"seed {cfg.seed}") +
+        (f", context blocks {cfg.context_blocks or 'all'}. " if cfg.channels or cfg.model in PRESETS else ". ") +
+        f"Grid `{meta['grid']}`, reference setting "
         f"`{meta['reference']}`.", "",
         f"Started {meta['started']}; {meta['machine']}.", "",
     ]
@@ -442,14 +532,15 @@ def markdown_text(rows: list[dict], meta: dict) -> str:
     text += [markdown_table(rows), "",
              "Test accuracy (%) of the best-validation checkpoint per strategy; l* = best block (chosen on "
              "validation). Parameters of the blocks (heads excluded); context params = blocks minus those of "
-             "the same pool without context. Epoch s = mean training time per epoch (metrics.jsonl), "
+             "the same pool (split and rule) without context. Split: the modules the network is cut into "
+             "(--split), each trained by its rule (--local-loss) alone. Epoch s = mean training time per epoch (metrics.jsonl), "
              "vs ref = relative to the reference setting.", ""]
     return "\n".join(text)
 
 
 #: Columns of ablation-seeds.csv (``--seeds``): one row per setting and seed.
-SEED_CSV_COLUMNS = ("setting", "pool", "context", "seed", "status", "fusion", "last", "best", "best_block",
-                    "block_test_accuracy", "parameters_blocks", "epochs", "epoch_seconds", "images_per_second",
+SEED_CSV_COLUMNS = ("setting", "pool", "context", "split", "local_loss", "seed", "status", "fusion", "last",
+                    "best", "best_block", "block_test_accuracy", "parameters_blocks", "epochs", "epoch_seconds", "images_per_second",
                     "run_dir", "error")
 
 
@@ -481,10 +572,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action.help = ("context module option (repeatable): KEY=VALUE for every module, NAME:KEY=VALUE "
                            "for one, e.g. sge:groups=8")
     g = parser.add_argument_group("ablation")
-    g.add_argument("--pools", type=parse_list, default=list(DEFAULT_POOLS),
-                   help=f"pools to compare (default {','.join(DEFAULT_POOLS)})")
-    g.add_argument("--contexts", type=parse_list, default=list(DEFAULT_CONTEXTS),
-                   help=f"context modules to compare (default {','.join(DEFAULT_CONTEXTS)})")
+    alone = "; with --splits or --losses, or for a network that is not a VGG preset: the reference alone"
+    g.add_argument("--pools", type=parse_list,
+                   help=f"pools to compare (default {','.join(DEFAULT_POOLS)}{alone})")
+    g.add_argument("--contexts", type=parse_list,
+                   help=f"context modules to compare (default {','.join(DEFAULT_CONTEXTS)}{alone})")
+    g.add_argument("--splits", type=parse_splits, metavar="K,K,...",
+                   help="splits to compare, each a --split (the modules the network is cut into): numbers of "
+                        "modules, e.g. 2,4,8, or cut points with the settings separated by semicolons, e.g. "
+                        "3,7;2,5,8 (default: the --split alone)")
+    g.add_argument("--losses", type=parse_list, metavar="RULE,RULE,...",
+                   help=f"local rules to compare, each a --local-loss ({', '.join(key_choices()['local_loss'])}), "
+                        "e.g. asge,dgl (default: the --local-loss alone)")
     g.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
                    help="train every setting once per seed (e.g. 0,1,2) and report mean ± sd over them "
                         "(default: the --seed alone)")
@@ -502,11 +601,16 @@ def run(args: argparse.Namespace) -> int:
     args.out, args.resume = None, False    # --out is the ablation's directory, not a run's
     base = config_from_args(args, template=True)   # its context options: per module (run_ablation checks them)
     if out is None:
-        out = str(Path("runs") / f"ablation-{base.dataset}-{base.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        model = str(base.model).replace(":", ".")
+        out = str(Path("runs") / f"ablation-{base.dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     command = "asge ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 and \
         sys.argv[1] == "ablate" else None
-    rows = run_ablation(base, args.pools, args.contexts, out, grid=args.grid, command=command,
-                        seeds=getattr(args, "seeds", None), force=args.force)
+    every = (base.channels is not None or base.resolved().model in PRESETS) and not (args.splits or args.losses)
+    pools = args.pools or (list(DEFAULT_POOLS) if every else [base.pool])
+    contexts = args.contexts or (list(DEFAULT_CONTEXTS) if every else [base.context])
+    rows = run_ablation(base, pools, contexts, out, grid=args.grid, command=command,
+                        seeds=getattr(args, "seeds", None), force=args.force, splits=args.splits,
+                        losses=args.losses)
     print()
     print(markdown_table(rows))
     what = "one run directory per setting" if not getattr(args, "seeds", None) else \
@@ -516,5 +620,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["run_ablation", "grid_settings", "split_context_options", "options_for", "markdown_table",
-           "csv_text", "setting_name", "add_arguments", "run", "DEFAULT_POOLS", "DEFAULT_CONTEXTS", "GRIDS",
+           "csv_text", "setting_name", "parse_splits", "Setting", "add_arguments", "run", "DEFAULT_POOLS", "DEFAULT_CONTEXTS", "GRIDS",
            "CSV_COLUMNS"]
