@@ -70,6 +70,47 @@ def test_cut_network_step_is_capture_ready(method, rule, rng_state_calls):  # no
     assert rng_state_calls == []
 
 
+def test_graphed_step_of_a_cut_network_with_a_stand_in_graph_equals_eager(monkeypatch):
+    """GraphedStep on resnet20 cut into 4 modules, its CUDA graph stood in for by device_step replayed on the
+    static buffers (as tests/test_capture.py does for the VGG blocks): the weights, BatchNorm statistics and
+    step statistics of eager training, bit for bit."""
+    from contextlib import nullcontext
+    from asge.train import graphs
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    captures = []
+
+    def capture(self):
+        captures.append(self.eager_full)
+        self.graph = type("Replay", (), {"replay": lambda _: self.method.device_step(self.static_x, self.static_y)})()
+    monkeypatch.setattr(graphs.GraphedStep, "capture", capture)
+
+    def run(wrap: bool):
+        cfg = TrainConfig.from_dict({"model": "resnet20", "width": 0.25, "split": "4", "lr": 1e-2, "epochs": 1,
+                                     "batch_size": 4}).resolved()
+        torch.manual_seed(0)
+        net = build_model(cfg, DatasetInfo("synthetic", num_classes=10, in_channels=3, image_size=16))
+        m = LocalLearning(net, cfg, 10, torch.device("cpu"))
+        m.start_epoch(5)
+        if wrap:
+            m = graphs.GraphedStep(m, warmup=2)
+        g = torch.Generator().manual_seed(3)
+        for step in range(6):
+            m.train_step(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g), step)
+        return m
+    eager, graphed = run(False), run(True)
+    assert captures == [2]
+    for (name, a), b in zip(eager.net.state_dict().items(), graphed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    for k in ("loss_sum", "correct", "first_bad_step"):
+        assert torch.equal(getattr(eager, k), getattr(graphed.method, k))
+
+
 # -- --pipeline and torchrun ----------------------------------------------------------------------------------
 def test_two_stage_pipeline_of_a_cut_network_equals_sequential(cut_run, tmp_path):
     """--pipeline 2 (each stage one thread, as the sequential run): the same weights, BatchNorm statistics,
