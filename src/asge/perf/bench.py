@@ -286,7 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     "train it, ASGE cut into --split modules, BP end to end")
     add_config_flag(p, "split", nargs="+", more_help="; several (e.g. --split 4 16): a row for each")
     add_config_flag(p, "local_loss", default="asge")
-    a("--width", type=float, nargs="+", default=[0.25, 0.5], help="width multiplier(s) (default 0.25 0.5)")
+    a("--width", type=float, nargs="+", help="width multiplier(s) (default 0.25 0.5 for the VGG presets, 1 for other "
+                                             "networks)")
     a("--batch-size", type=int, default=128)
     a("--steps", type=int, default=12, help="timed training steps per method and row (default 12)")
     a("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
@@ -353,9 +354,9 @@ def result_files(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..nn.presets import PRESETS
     from ..runs.build import resolve_device
     if args.overhead:
-        from ..nn.presets import PRESETS
         if args.model not in PRESETS:
             raise AsgeError(f"--overhead measures a VGG preset at width 1/32 ({', '.join(PRESETS)}), not "
                             f"{args.model}")
@@ -370,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_overwrite(Path(args.out), "benchmark results", result_files(args), args.force)
         from .overhead import run_overhead
         return run_overhead(args)
+    args.width = args.width or ([0.25, 0.5] if args.model in PRESETS else [1.0])
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in ("steps", "warmup", "chunk", "batch_size"):
