@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from .options import add_train_arguments, config_from_args
 from .errors import AsgeError, Preempted
 
-# Subcommands defined in their own modules: each has add_arguments(parser) and run(args) -> int.
+# Subcommands defined in their own modules: each has add_arguments(parser) and command(args) -> int.
 EXTRA_COMMANDS = {
     "ablate": ("asge.tools.ablate", "run a grid of pool x context settings (and splits x local rules) and "
                                     "write a results table"),
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         mod.add_arguments(p)
         show_defaults(p)
-        p.set_defaults(func=mod.run)
+        p.set_defaults(func=mod.command)
     return parser
 
 

@@ -353,7 +353,7 @@ def result_files(args: argparse.Namespace) -> list[Path]:
     return [out / n for n in names if (out / n).exists()]
 
 
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     from ..nn.presets import PRESETS
     from ..runs.build import resolve_device
     if args.overhead:

@@ -595,7 +595,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tables would lose results there is refused; the same command again continues one)")
 
 
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     from ..options import config_from_args
     out = args.out
     args.out, args.resume = None, False    # --out is the ablation's directory, not a run's

@@ -182,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "report is never overwritten: choose another --out)")
 
 
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     """``asge report``: write the report and print the files it wrote."""
     labels = parse_labels(args.labels, len(args.run_dirs))
     check_distinct_runs(args.run_dirs)

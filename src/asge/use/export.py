@@ -253,7 +253,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "never overwritten: choose another --out)")
 
 
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     net = load(args.run)
     if net.load_note:
         print(f"asge export: note: {net.load_note}", file=sys.stderr, flush=True)

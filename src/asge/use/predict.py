@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
 
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     net = load(args.run, device=resolve_device(args.device))
     if net.load_note:
         print(f"asge predict: note: {net.load_note}", file=sys.stderr, flush=True)
