@@ -152,3 +152,61 @@ def test_no_gradient_crosses_a_module_of_a_cut_network(rule):
             if not mine:
                 assert p.grad is None and torch.equal(p, before[name]), name
         assert not h.requires_grad
+
+
+def test_no_gradient_reaches_a_module_s_input():
+    """block_step detaches what it is given: the previous module's output gets no gradient from module k."""
+    units = named_units("resnet20", in_channels=3, image_size=16, width=0.5, seed=0)
+    net = network_of_units(units.units, units.note, input_shape=(3, 16, 16), num_classes=10, split=3)
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    y, *_ = block_step(net.blocks[0], None, x, torch.randint(0, 10, (4,)))
+    assert x.grad is None
+    h = y.requires_grad_(True)
+    block_step(net.blocks[1], None, h, torch.randint(0, 10, (4,)))
+    assert h.grad is None and net.blocks[0].body[0][0].weight.grad is not None     # module 0's own step only
+
+
+def uncut_equals_cut(uncut: torch.Tensor, net, x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        ys, _ = net.eval().forward_features(x)
+    return torch.equal(uncut, ys[-1])
+
+
+def test_the_cut_network_computes_what_the_uncut_model_does():
+    """In eval mode, bitwise: torchvision's resnet18 (its stem made a CIFAR stem in place, as recorded), a CIFAR
+    ResNet's units run in sequence, and a VGG preset's blocks grouped by --split against the preset itself."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    net = local_network(model, split=4, input_shape=(3, 32, 32), num_classes=10)
+    with torch.no_grad():
+        uncut = model.layer4(model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(
+            model.conv1(x))))))))
+    assert isinstance(model.maxpool, torch.nn.Identity) and uncut_equals_cut(uncut, net, x)
+
+    units = named_units("resnet32", in_channels=3, image_size=32, seed=0)
+    with torch.no_grad():
+        uncut = torch.nn.Sequential(*units.units).eval()(x)
+    assert uncut_equals_cut(uncut, network_of_units(units.units, units.note, input_shape=(3, 32, 32),
+                                                    num_classes=10, split=5), x)
+
+    info = load_data("digits").info
+    preset = build_model(TrainConfig(dataset="digits").resolved(), info).eval()
+    grouped = build_model(TrainConfig(dataset="digits", split="2").resolved(), info)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        h = x
+        for block in preset.blocks:
+            _, h = block(h)
+    assert uncut_equals_cut(h, grouped, x)
+
+
+def test_partition_factor_of_arbitrary_widths():
+    """P_k = clamp(floor(alpha * C_K / C_k), 1, min(H_k, W_k)) from the modules' output channels."""
+    widths, sizes = [3, 7, 13, 50], [16, 8, 8, 4]
+    layers = [torch.nn.Conv2d(c_in, c, 3, stride=2 if s_in != s else 1, padding=1)
+              for c_in, c, s_in, s in zip([1, *widths], widths, [16, *sizes], sizes)]
+    for alpha in (0.5, 1.0, 3.0):
+        net = local_network(layers, input_shape=(1, 16, 16), num_classes=4, alpha=alpha)
+        assert [b.partition for b in net.blocks] == [max(1, min(int(alpha * 50 // c), s))
+                                                     for c, s in zip(widths, sizes)]
