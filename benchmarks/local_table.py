@@ -23,6 +23,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,10 +87,12 @@ def table(args, results: dict, benches: dict) -> str:
 
 
 def plot(args, results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """The figure is drawn on an Agg canvas of its own (no pyplot state, as asge report draws)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for loss in args.losses:
         xs, ys, es = [], [], []
         for k in sorted(args.splits):
@@ -111,7 +114,6 @@ def plot(args, results: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -136,7 +138,13 @@ def main(argv=None) -> int:
     results: dict = {}
     benches: dict = {}
 
+    lock = threading.Lock()
+
     def write() -> None:
+        with lock:                        # the cells finish in several threads
+            _write()
+
+    def _write() -> None:
         (out / "table.json").write_text(json.dumps({"cells": results, "bench": benches}, indent=1))
         (out / "table.md").write_text(table(args, results, benches))
         plot(args, results, out / "accuracy_vs_k.png")
