@@ -64,25 +64,29 @@ def bench(args, loss: str, k: int) -> dict:
 
 def table(args, results: dict, benches: dict) -> str:
     """Markdown, one row per rule and K (and BP): mean ± sd over the finished seeds."""
-    lines = ["| rule | K | seeds | headline test % | best module (test %) | images/s vs BP | saved activations vs BP "
-             "| head params | head MACs / module MACs (max, train) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rule | K | seeds | Fusion | Last | Best (l*) | each module (mean) | images/s vs BP | saved activations "
+             "vs BP | head params | head MACs / module MACs (max, train) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for loss in [*args.losses, "bp"]:
         for k in (sorted(args.splits) if loss != "bp" else [None]):
             runs = [results[n] for n in results if n.startswith(f"{loss}-k{k}-s" if k else "bp-s")
                     and "error" not in results[n]]
             if not runs:
                 continue
-            head = [r["test_accuracy"][r["headline"]] for r in runs]
-            best = [max(r["block_test_accuracy"]) for r in runs if r.get("block_test_accuracy")]
+            acc = lambda key: [r["test_accuracy"][key] for r in runs if key in r["test_accuracy"]]  # noqa: E731
+            blocks = [r["block_test_accuracy"] for r in runs if r.get("block_test_accuracy")]
+            modules = " / ".join(f"{statistics.mean(col):.1f}" for col in zip(*blocks)) if blocks else "–"
+            lstar = ",".join(str(r["best_block"]) for r in runs if r.get("best_block"))
             b = benches.get(f"{loss}-k{k}", {}).get("results", [{}])[0] if k else {}
             speed = b.get("speed_ratio")
             memory = b.get("memory_ratio")
             mods = runs[0].get("modules") or []
             params = sum(m["head_parameters"] for m in mods)
             ratio = max((m["head_train_macs_ratio"] for m in mods), default=0.0)
-            lines.append(f"| {loss} | {k or '–'} | {len(runs)} | {mean_sd(head)} | {mean_sd(best) if best else '–'} | "
+            lines.append(f"| {loss} | {k or '–'} | {len(runs)} | {mean_sd(acc('fusion'))} | {mean_sd(acc('last'))} | "
+                         f"{mean_sd(acc('best'))}{f' ({lstar})' if lstar else ''} | {modules} | "
                          f"{f'{speed:.2f}x' if speed else '–'} | {f'{memory:.2f}x' if memory else '–'} | "
-                         f"{params:,} | {100 * ratio:.2f}% |")
+                         f"{params:,} | {100 * ratio:.2f}% |" if loss != "bp" else
+                         f"| bp | – | {len(runs)} | – | {mean_sd(acc('last'))} | – | – | 1x | 1x | – | – |")
     return "\n".join(lines) + "\n"
 
 
