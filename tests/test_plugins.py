@@ -1,5 +1,6 @@
 """Your own context modules and pools: by import path, by entry point, refused in one line when wrong; and
 docs/extending.md's worked example, run as written."""
+import csv
 import re
 import shlex
 import sys
@@ -143,7 +144,8 @@ def test_extending_doc_example_runs_as_written(tmp_path, monkeypatch, capsys, si
         sys.modules.pop("my_gates", None)
         CONTEXTS.plugins.pop("my_gates:ChannelGate", None)
     assert (tmp_path / "runs" / "digits-gate" / "summary.json").is_file()
-    table = (tmp_path / "runs" / "digits-gate-ablation" / "ablation.csv").read_text()
-    rows = [r.split(",") for r in table.strip().splitlines()[1:]]
-    assert [r[2] for r in rows] == ["none", "ge", "my_gates:ChannelGate"] and all(r[3] == "trained" for r in rows)
+    with open(tmp_path / "runs" / "digits-gate-ablation" / "ablation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["context"] for r in rows] == ["none", "ge", "my_gates:ChannelGate"]
+    assert all(r["status"] == "trained" for r in rows)
     assert (tmp_path / "runs" / "digits-gate-ablation" / "rms-my_gates.ChannelGate" / "summary.json").is_file()
