@@ -144,8 +144,10 @@ def main(argv=None) -> int:
 
     lock = threading.Lock()
 
-    def write() -> None:
+    def write(name=None, result=None) -> None:
         with lock:                        # the cells finish in several threads
+            if name is not None:
+                results[name] = result
             _write()
 
     def _write() -> None:
@@ -155,8 +157,7 @@ def main(argv=None) -> int:
 
     def train(cell):
         name, flags = cell
-        results[name] = run_one(out, out / "work", args.model, name, flags, args.data)
-        write()
+        write(name, run_one(out, out / "work", args.model, name, flags, args.data))
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(train, cells(args)))

@@ -225,6 +225,30 @@ def test_a_local_step_reaches_only_its_own_module(projection):
     assert bool(rule_changed) == (projection == "learned")
 
 
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_an_entry_norm_normalises_modules_2_to_k_and_learns_from_its_own_module(norm):
+    net = resnet_net(k=4, entry_norm=norm)
+    plain = resnet_net(k=4)
+    assert net.blocks[0].entry is None and all(b.entry is not None for b in net.blocks[1:])
+    x = torch.randn(4, 3, 32, 32)
+    net.eval(), plain.eval()
+    with torch.no_grad():
+        h = net.blocks[0](x)[1]
+        assert torch.equal(h, plain.blocks[0](x)[1])             # module 1 reads the image as given
+        scaled = net.blocks[1].features(5.0 * h + 0.0)
+        assert torch.allclose(scaled, net.blocks[1].features(h), atol=1e-3)  # the norm removes the scale
+        assert not torch.allclose(plain.blocks[1].features(5.0 * h), plain.blocks[1].features(h), atol=1e-3)
+    net.train()
+    own = net.blocks[2]
+    h = net.blocks[1](net.blocks[0](x)[1])[1]
+    before = snapshot(net)
+    block_step(own, torch.optim.SGD(own.parameters(), lr=0.1), h, torch.randint(0, 10, (4,)))
+    changed = {name for name, v in net.state_dict().items() if not torch.equal(v, before[name])}
+    assert all(name.startswith("blocks.2.") for name in changed)
+    if norm == "layer":                                          # rms has no parameters
+        assert {"blocks.2.entry.weight", "blocks.2.entry.bias"} <= changed
+
+
 def test_outside_no_grad_the_output_keeps_its_graph_for_end_to_end_backprop():
     net = resnet_net(k=3)
     h = torch.randn(2, 3, 32, 32)

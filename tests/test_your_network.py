@@ -38,10 +38,11 @@ def weights(path) -> dict:
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory, single_thread):
-    """ResNet-20 (width 0.25) on digits, cut into 3 modules, 2 epochs."""
+    """ResNet-20 (width 0.25) on digits, cut into 3 modules (a LayerNorm at the entry of modules 2 and 3),
+    2 epochs."""
     out = tmp_path_factory.mktemp("resnet") / "run"
-    assert main(["train", "--model", "resnet20", "--width", "0.25", "--split", "3", "--epochs", "2",
-                 "--out", str(out), *FAST]) == 0
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--split", "3", "--module-norm", "layer",
+                 "--epochs", "2", "--out", str(out), *FAST]) == 0
     return out
 
 
@@ -56,6 +57,11 @@ def test_a_named_resnet_trains_records_its_modules_and_exits_early(resnet_run):
     assert "resnet20" in summary["network"] and summary["best_block"] in (1, 2, 3)
     config = (resnet_run / "config.yaml").read_text()
     assert "split: '3'" in config or "split: 3" in config
+    assert "module_norm: layer" in config
+    net = asge.load(resnet_run)
+    assert net.blocks[0].entry is None and all(b.entry is not None for b in net.blocks[1:])
+    assert [m["parameters"] for m in modules] == [
+        sum(p.numel() for p in b.parameters()) - sum(p.numel() for p in b.rule.parameters()) for b in net.blocks]
 
 
 def test_resume_mid_epoch_is_bitwise_for_a_cut_network(tmp_path, single_thread):
@@ -107,6 +113,7 @@ def test_backprop_trains_the_same_cut_network(tmp_path, single_thread):
     (["--model", "resnet21"], "resnet21"),
     (["--model", "torchvision:vit_b_16"], "vit_b_16"),
     (["--model", "resnet20", "--split", "x"], "split"),
+    (["--module-norm", "layer"], "--module-norm applies to networks cut into modules"),
 ])
 def test_options_that_do_not_apply_are_refused_in_one_line(tmp_path, argv, message):
     r = cli("train", *argv, "--out", tmp_path / "run", "--epochs", "1", *FAST)

@@ -146,7 +146,7 @@ def key_choices() -> dict[str, list[str]]:
     from .recipes import RECIPES
     return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
             "local_loss": list(LOCAL_RULES),
-            "norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
+            "norm": list(NORMS), "module_norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
             "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": list(AMP_MODES),
             "progress": list(PROGRESS_MODES), "augment": [AUGMENT_AUTO, *AUGMENTATIONS],
             "projection": list(PROJECTIONS), "cuda_graphs": list(CUDA_GRAPHS_MODES)}
@@ -234,6 +234,9 @@ class TrainConfig:
     head_features: str = _model("gap", "what the Fusion head reads of each block: gap, goodness (GAP + patch "
                                        "energies), patch (GAP + patch means)")
     fusion_from: int = _model(2, "first block (1-based) the Fusion head reads", metavar="L")  # the paper skips 1
+    module_norm: str = _model("none", "a norm at the entry of modules 2..K of a network cut into modules (resnetN, "
+                                      "torchvision:NAME, timm:NAME), trained by its module's own loss, as the "
+                                      "paper's blocks have (none: the network as given)")
     projection: str = _model("fixed", "each block's goodness projection: fixed (the paper's fixed random map) or "
                                       "learned (the same initial map, trained by the block's own loss: leaves "
                                       "the paper's method)")
@@ -290,7 +293,7 @@ class TrainConfig:
     #: The network: its blocks, their local read-out and the heads (what the state dict holds and how it is used).
     NETWORK_KEYS = ("model", "split", "local_loss", "width", "channels", "downsample", "alpha", "pool", "norm",
                     "goodness", "context", "context_options", "context_blocks", "dropout", "head_features",
-                    "fusion_from", "projection")
+                    "fusion_from", "projection", "module_norm")
     #: The images: which dataset, which of its images, at what size, how they are augmented.
     DATA_KEYS = ("dataset", "subset", "input_size", "augment", "test_split", "skip_unreadable")
     #: How the network is trained and its checkpoint chosen: the recipe, the method, the optimizer and its
@@ -353,6 +356,11 @@ class TrainConfig:
         _check_choice("local_loss", self.local_loss, choices)
         POOLS.check(self.pool)
         NORMS.check(self.norm)
+        NORMS.check(self.module_norm)
+        if self.module_norm != "none" and (self.channels is not None or self.model is None
+                                           or self.model in choices["model"]):
+            raise ValueError(f"--module-norm applies to networks cut into modules (resnetN, torchvision:NAME, "
+                             f"timm:NAME); the VGG presets' blocks have their entry norm (--norm)")
         CONTEXTS.check(self.context)
         for key in ("augment", "projection", "amp", "progress"):
             _check_choice(key, getattr(self, key), choices)

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..layers import create_norm
 from .heads import head_feature_dim
 from .local_block import LocalBlock
 from .local_rules import create_rule
@@ -26,6 +27,8 @@ class LocalModule(LocalBlock):
             ``projection`` and ``generator`` (draws the rule's projection).
         head_features: what the heads read of Y (:func:`asge.nn.heads.head_features`).
         macs: multiply-accumulates of the body per image on ``in_shape`` (measured), for compute accounting.
+        entry_norm: ``none`` (the body sees x as given), or a norm by name (:func:`asge.layers.create_norm`:
+            ``layer``, ``rms``) applied to x before the body, learning from this module's loss (``entry``).
 
     Shapes: x (B, C_in, H_in, W_in) -> Y (B, C_out, H_out, W_out); the output handed on is Y itself (no pooling,
     no dropout: the body does its own downsampling); ``local_logits(Y)``: (B, N); ``head_features(Y)``:
@@ -35,9 +38,11 @@ class LocalModule(LocalBlock):
 
     def __init__(self, body: nn.Module, *, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
                  num_classes: int, partition: int, rule: str = "asge", goodness: str = "mean",
-                 projection: str = "fixed", head_features: str = "gap", macs: int = 0,
+                 projection: str = "fixed", head_features: str = "gap", macs: int = 0, entry_norm: str = "none",
                  generator: Optional[torch.Generator] = None, device=None, dtype=None):
         super().__init__()
+        self.entry = None if entry_norm == "none" else create_norm(entry_norm, in_shape[0], device=device,
+                                                                   dtype=dtype)
         self.body = body
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.in_channels, self.in_size = in_shape[0], in_shape[1]
@@ -48,8 +53,8 @@ class LocalModule(LocalBlock):
                                 projection=projection, generator=generator, device=device, dtype=dtype)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Y = body(x): (B, C_in, H_in, W_in) -> (B, C_out, H_out, W_out)."""
-        return self.body(x)
+        """Y = body(entry(x)) (entry: none by default): (B, C_in, H_in, W_in) -> (B, C_out, H_out, W_out)."""
+        return self.body(x if self.entry is None else self.entry(x))
 
     def local_logits(self, y: torch.Tensor) -> torch.Tensor:
         """The rule's class scores of Y: (B, C_out, H_out, W_out) -> (B, N)."""

@@ -96,7 +96,7 @@ def named_units(model: str, *, in_channels: int, image_size: int, width: float =
 def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: tuple[int, int, int],
                   num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
                   goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
-                  projection: str = "fixed", seed: int = 0) -> ASGENet:
+                  projection: str = "fixed", entry_norm: str = "none", seed: int = 0) -> ASGENet:
     """An ASGENet of locally trained modules from ``model``:
 
     * a list (or ``nn.Sequential`` / ``nn.ModuleList``) of modules run in sequence: each is one module (or
@@ -106,7 +106,8 @@ def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: 
       modules (default :data:`DEFAULT_MODULES`).
 
     ``input_shape`` (C, H, W) is one input image's; shapes are found by one dry run. Each module learns from
-    ``rule`` (:mod:`asge.nn.local_rules`); the network's ``note`` says how it was cut.
+    ``rule`` (:mod:`asge.nn.local_rules`); ``entry_norm`` (``layer``, ``rms``) puts a norm at the entry of
+    modules 2..K (:class:`~asge.nn.local_module.LocalModule`); the network's ``note`` says how it was cut.
     """
     c, h, w = input_shape
     if isinstance(model, (list, tuple, nn.ModuleList, nn.Sequential)):
@@ -118,20 +119,20 @@ def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: 
         units, note = cut.units, cut.note
     return network_of_units(units, note, input_shape=input_shape, num_classes=num_classes, split=split,
                             rule=rule, alpha=alpha, goodness=goodness, head_features=head_features,
-                            fusion_from=fusion_from, projection=projection, seed=seed)
+                            fusion_from=fusion_from, projection=projection, entry_norm=entry_norm, seed=seed)
 
 
 def network_of_units(units: Sequence[nn.Module], note: str, *, input_shape: tuple[int, int, int],
                      num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
                      goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
-                     projection: str = "fixed", seed: int = 0) -> ASGENet:
+                     projection: str = "fixed", entry_norm: str = "none", seed: int = 0) -> ASGENet:
     """:func:`local_network` once the units are known: group them by ``split`` and wrap the modules."""
     c, h, w = input_shape
     example = torch.zeros(2, c, h, w)
     modules = split_modules(units, DEFAULT_MODULES if split is None else split, example)
     net = ASGENet.from_modules(modules, in_channels=c, image_size=h, num_classes=num_classes, alpha=alpha,
                                goodness=goodness, head_features=head_features, fusion_from=fusion_from,
-                               projection=projection, rule=rule, seed=seed)
+                               projection=projection, rule=rule, entry_norm=entry_norm, seed=seed)
     net.note = note
     return net
 
@@ -160,7 +161,8 @@ def describe_modules(net: ASGENet) -> list[dict]:
         if isinstance(block, LocalModule):
             head, body = block.rule, block.body
             units = list(body.unit_range) if isinstance(getattr(body, "unit_range", None), range) else [k]
-            row = {"units": [units[0], units[-1]], "out_shape": list(block.out_shape), "parameters": count(body),
+            row = {"units": [units[0], units[-1]], "out_shape": list(block.out_shape),
+                   "parameters": count(body) + (count(block.entry) if block.entry is not None else 0),
                    "macs": block.macs}
             cost = measure_head(head, block.out_shape, net.num_classes)
             head_macs, train_macs = cost.macs, cost.train_macs

@@ -96,7 +96,8 @@ class ASGENet(nn.Module):
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module], *, in_channels: int, image_size: int, num_classes: int,
                      alpha: float = 1.0, goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
-                     projection: str = "fixed", rule: str = "asge", seed: int = 0) -> "ASGENet":
+                     projection: str = "fixed", rule: str = "asge", entry_norm: str = "none",
+                     seed: int = 0) -> "ASGENet":
         """An ASGENet whose blocks are ``modules`` (any chain: module k's output is module k+1's input, each
         a (B, C, H, W) map), each wrapped in a :class:`LocalModule` with its own local ``rule``.
 
@@ -104,7 +105,8 @@ class ASGENet(nn.Module):
         the chain, in eval mode without gradients (every module's train/eval mode is restored), which also
         measures each module's multiply-accumulates (:func:`asge.nn.split.trace_chain`). Module k's
         partition is ``P_k = partition_factor(C_k, C_K, alpha, min(H_k, W_k))`` from its output channels C_k
-        and the last module's C_K. ``seed`` draws the rules' projections, then the heads, in module order;
+        and the last module's C_K. ``entry_norm`` (``layer``, ``rms``; default ``none``) normalises the input
+        of modules 2..K (the paper's block-entry norm), its parameters trained by its module's loss. ``seed`` draws the rules' projections, then the heads, in module order;
         the modules' own parameters are as given (seed torch before building them). The rules and heads are
         drawn on the CPU, then moved to the device and dtype of the modules' first parameter.
         """
@@ -120,8 +122,8 @@ class ASGENet(nn.Module):
         blocks = [LocalModule(m, in_shape=t.in_shape, out_shape=t.out_shape, num_classes=num_classes,
                               partition=partition_factor(t.out_shape[0], last_channels, alpha, min(t.out_shape[1:])),
                               rule=rule, goodness=goodness, projection=projection, head_features=head_features,
-                              macs=t.macs, generator=generator)
-                  for m, t in zip(modules, traces)]
+                              macs=t.macs, entry_norm=entry_norm if k > 0 else "none", generator=generator)
+                  for k, (m, t) in enumerate(zip(modules, traces))]
         net = cls.__new__(cls)
         nn.Module.__init__(net)
         net._assemble(blocks, num_classes=num_classes, image_size=image_size, alpha=alpha, fusion_from=fusion_from,

@@ -73,4 +73,5 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
                                      width=cfg.width, seed=cfg.seed)
         split = cfg.split
     return network_of_units(units, note, input_shape=(info.in_channels, info.image_size, info.image_size),
-                            split=split, rule=cfg.local_loss, goodness=cfg.goodness, **common)
+                            split=split, rule=cfg.local_loss, goodness=cfg.goodness, entry_norm=cfg.module_norm,
+                            **common)

@@ -429,7 +429,7 @@ def summarise(s: Session, state: RunState, test: dict) -> dict:
     from ..runs.provenance import device_name, provenance
     cfg, net, data, best = s.cfg, s.net, s.data, state.best
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "split": cfg.split,
-               "local_loss": cfg.local_loss, "width": cfg.width, "channels": net.channels, "epochs": cfg.epochs,
+               "local_loss": None if cfg.method == "bp" else cfg.local_loss, "width": cfg.width, "channels": net.channels, "epochs": cfg.epochs,
                "seed": cfg.seed, "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
