@@ -129,31 +129,17 @@ def test_graphed_step_is_a_wrapper_with_the_methods_interface():
     assert "__getattr__" not in vars(GraphedStep)             # each member delegated by name
 
 
-def test_graphed_step_host_logic_with_a_stand_in_graph(monkeypatch):
+def test_graphed_step_host_logic_with_a_stand_in_graph(stand_in_graph):
     """GraphedStep's own logic on the CPU, with a stand-in for the CUDA graph whose replay runs device_step
     on the static buffers: warm-up steps eager, one capture, every later full-size step a replay between
     begin_step and end_step, a smaller batch eager; the result equals plain eager training bitwise."""
-    from contextlib import nullcontext
-    from asge.train import graphs
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
-    captures = []
-
-    def capture(self):
-        captures.append(self.eager_full)
-        self.graph = type("Replay", (), {"replay": lambda _: self.method.device_step(self.static_x, self.static_y)})()
-    monkeypatch.setattr(graphs.GraphedStep, "capture", capture)
+    captures = stand_in_graph
 
     def run(method, wrap):
         m = make(method, "paper")
         m.cfg.batch_size = 4
         if wrap:
-            m = graphs.GraphedStep(m, warmup=2)
+            m = GraphedStep(m, warmup=2)
         g = torch.Generator().manual_seed(3)
         for step in range(7):
             n = 3 if step == 5 else 4

@@ -13,6 +13,7 @@ from asge.config import TrainConfig
 from asge.data import DatasetInfo
 from asge.runs.build import build_model
 from asge.train import Backprop, LocalLearning
+from asge.train.graphs import GraphedStep
 
 from test_capture import SYNCS, Dispatched, rng_state_calls  # noqa: F401  (rng_state_calls: a fixture)
 
@@ -70,25 +71,11 @@ def test_cut_network_step_is_capture_ready(method, rule, rng_state_calls):  # no
     assert rng_state_calls == []
 
 
-def test_graphed_step_of_a_cut_network_with_a_stand_in_graph_equals_eager(monkeypatch):
+def test_graphed_step_of_a_cut_network_with_a_stand_in_graph_equals_eager(stand_in_graph):
     """GraphedStep on resnet20 cut into 4 modules, its CUDA graph stood in for by device_step replayed on the
     static buffers (as tests/test_capture.py does for the VGG blocks): the weights, BatchNorm statistics and
     step statistics of eager training, bit for bit."""
-    from contextlib import nullcontext
-    from asge.train import graphs
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
-    captures = []
-
-    def capture(self):
-        captures.append(self.eager_full)
-        self.graph = type("Replay", (), {"replay": lambda _: self.method.device_step(self.static_x, self.static_y)})()
-    monkeypatch.setattr(graphs.GraphedStep, "capture", capture)
+    captures = stand_in_graph
 
     def run(wrap: bool):
         cfg = TrainConfig.from_dict({"model": "resnet20", "width": 0.25, "split": "4", "lr": 1e-2, "epochs": 1,
@@ -98,7 +85,7 @@ def test_graphed_step_of_a_cut_network_with_a_stand_in_graph_equals_eager(monkey
         m = LocalLearning(net, cfg, 10, torch.device("cpu"))
         m.start_epoch(5)
         if wrap:
-            m = graphs.GraphedStep(m, warmup=2)
+            m = GraphedStep(m, warmup=2)
         g = torch.Generator().manual_seed(3)
         for step in range(6):
             m.train_step(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g), step)

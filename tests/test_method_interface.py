@@ -4,7 +4,6 @@ implement it, the abstract class refuses one that lacks a member, the wrappers d
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -31,17 +30,6 @@ def make(name: str):
     torch.manual_seed(0)
     net = ASGENet([8, 16, 16], [False, True, False], in_channels=3, num_classes=10, image_size=8, seed=0)
     return METHODS[name](net, cfg, 10, CPU)
-
-
-@pytest.fixture
-def no_cuda_streams(monkeypatch):
-    """GraphedStep's side stream, on a machine without CUDA (nothing is captured here)."""
-    class Stream:
-        def wait_stream(self, other):
-            pass
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
 
 
 def test_the_five_methods_implement_the_interface(no_cuda_streams):
