@@ -58,7 +58,7 @@ def test_small_validation_split_is_said_once(tree, tmp_path, capsys, single_thre
                  "--channels", "8,16v", *FAST]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "validation images" in line]
     assert notes == ["note: the best epoch and l* are chosen on 10 validation images (under 500): expect them to "
-                     "be noisy; the summary gives 95% intervals"]
+                     "be noisy (the summary table and asge report give 95% intervals of the test accuracies)"]
 
 
 def test_skip_unreadable_leaves_files_out_counts_and_lists_them(tmp_path, capsys, single_thread):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asge.nn.local_module import LocalModule
-from asge.nn.local_rules import (LOCAL_RULES, PredSimRule, create_rule, head_macs, predsim_pool,
+from asge.nn.local_rules import (LOCAL_RULES, PredSimRule, create_rule, head_cost, predsim_pool,
                                  similarity_matrix)
 
 RULES = ("asge", "cwc", "dgl", "predsim")
@@ -290,20 +290,20 @@ def test_every_rule_works_inside_a_local_module_on_the_dtype_asked_for(name):
 def test_head_costs_match_hand_counts_for_a_64_channel_8x8_module():
     c, h, w, n = 64, 8, 8, 10
     # ASGE: the C P^2 x N projection, fixed (buffers: no parameters)
-    assert head_macs("asge", c, h, w, n, partition=2) == (0, c * 4 * n, c * 4 * n, 128)
-    assert head_macs("asge", c, h, w, n, partition=2, projection="learned").parameters == c * 4 * n + n
+    assert head_cost("asge", c, h, w, n, partition=2) == (0, c * 4 * n, c * 4 * n, 128)
+    assert head_cost("asge", c, h, w, n, partition=2, projection="learned").parameters == c * 4 * n + n
     # CwC: no parameters, no products (needs a multiple of N: 60 channels)
-    assert head_macs("cwc", 60, h, w, n) == (0, 0, 0, 128)
+    assert head_cost("cwc", 60, h, w, n) == (0, 0, 0, 128)
     # DGL: pooled to 2 x 2 (= ceil(8/4)); three 1x1 convs C x C on 4 positions; 4C -> 4C three times; 4C -> N
     f = 4 * c
     dgl_macs = 3 * c * c * 4 + 3 * f * f + f * n
     dgl_params = 3 * (c * c + 2 * c) + 3 * (f * f + f + 2 * f) + f * n + n
-    assert head_macs("dgl", c, h, w, n) == (dgl_params, dgl_macs, dgl_macs, 128)
+    assert head_cost("dgl", c, h, w, n) == (dgl_params, dgl_macs, dgl_macs, 128)
     assert (dgl_macs, dgl_params) == (248_320, 214_154)
     # PredSim: 64 * 8 * 8 = 4096 features, no pooling; Linear 4096 x N; the loss adds the 3x3 conv C x C on 64
     # positions and the two B x B similarity products (B x C and B x N per image)
     b = 4
-    cost = head_macs("predsim", c, h, w, n, batch=b)
+    cost = head_cost("predsim", c, h, w, n, batch=b)
     assert cost.parameters == 4096 * n + n + c * c * 9
     assert cost.macs == 4096 * n == 40_960
     assert cost.train_macs == 4096 * n + c * c * 9 * h * w + b * c + b * n

@@ -1,6 +1,7 @@
 """Any network trained locally, end to end through the CLI and from Python: a CIFAR ResNet and torchvision's
 resnet18 cut into modules (--split), trained, resumed bit-exactly, evaluated, predicted, exported and loaded;
 the same network by backprop; options that do not apply refused in one line; no gradient crosses a module."""
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ import asge
 from asge.cli import main
 from asge.config import TrainConfig
 from asge.data import load_data
-from asge.nn.local_network import local_network, named_units, network_of_units
+from asge.nn.backbones import model_units
+from asge.nn.local_network import local_network, network_of_units
 from asge.runs.build import build_model
 from asge.train import fit
 from asge.errors import Preempted
@@ -114,6 +116,7 @@ def test_backprop_trains_the_same_cut_network(tmp_path, single_thread):
     (["--model", "torchvision:vit_b_16"], "vit_b_16"),
     (["--model", "resnet20", "--split", "x"], "split"),
     (["--module-norm", "layer"], "--module-norm applies to networks cut into modules"),
+    (["--split", "2", "--pipeline", "2"], "needs --dropout 0"),
 ])
 def test_options_that_do_not_apply_are_refused_in_one_line(tmp_path, argv, message):
     r = cli("train", *argv, "--out", tmp_path / "run", "--epochs", "1", *FAST)
@@ -129,6 +132,7 @@ def test_your_own_torchvision_resnet18_from_python(tmp_path, single_thread):
                       progress="none", device="cpu")
     summary = fit(cfg, network=net, log=lambda *_: None)
     assert summary["model"] == "python" and len(summary["modules"]) == 4
+    assert summary["split"] == "4" and summary["local_loss"] == "asge"          # what the network has
     assert "ResNet: 8 units" in summary["network"]
     fresh = local_network(torchvision.models.resnet18(num_classes=10), split=4, input_shape=(1, 8, 8),
                           num_classes=10)
@@ -139,12 +143,26 @@ def test_your_own_torchvision_resnet18_from_python(tmp_path, single_thread):
         asge.load(tmp_path / "r18")
 
 
+def test_a_python_network_records_its_own_rule_and_refuses_keys_that_build_one(tmp_path, single_thread):
+    units = model_units("resnet20", in_channels=1, image_size=8, width=0.25, seed=0).units
+    cfg = TrainConfig(dataset="digits", subset=100, epochs=1, batch_size=50, progress="none", device="cpu")
+    for key, value in (("split", "2"), ("module_norm", "layer"), ("local_loss", "cwc")):
+        net = network_of_units(units, "", input_shape=(1, 8, 8), num_classes=10, split=3, rule="dgl")
+        with pytest.raises(asge.errors.AsgeError, match=f"{key} describes a network to build"):
+            fit(dataclasses.replace(cfg, out=str(tmp_path / key), **{key: value}), network=net, log=lambda *_: None)
+        assert not (tmp_path / key).exists()
+    net = network_of_units(units, "", input_shape=(1, 8, 8), num_classes=10, split=3, rule="dgl")
+    summary = fit(dataclasses.replace(cfg, out=str(tmp_path / "dgl")), network=net, log=lambda *_: None)
+    assert (summary["split"], summary["local_loss"]) == ("3", "dgl")
+    assert "local_loss: dgl" in (tmp_path / "dgl" / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("rule", ["asge", "cwc", "dgl", "predsim"])
 def test_no_gradient_crosses_a_module_of_a_cut_network(rule):
     """Every rule, on a CIFAR ResNet whose widths CwC accepts (20/40/80): one local step of module k gives
     gradients to module k and its rule only, and changes no other parameter."""
     torch.manual_seed(0)
-    units = named_units("resnet20", in_channels=3, image_size=32, width=1.25, seed=0)
+    units = model_units("resnet20", in_channels=3, image_size=32, width=1.25, seed=0)
     net = network_of_units(units.units, units.note, input_shape=(3, 32, 32), num_classes=10, split=4, rule=rule)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     h = x
@@ -163,7 +181,7 @@ def test_no_gradient_crosses_a_module_of_a_cut_network(rule):
 
 def test_no_gradient_reaches_a_module_s_input():
     """block_step detaches what it is given: the previous module's output gets no gradient from module k."""
-    units = named_units("resnet20", in_channels=3, image_size=16, width=0.5, seed=0)
+    units = model_units("resnet20", in_channels=3, image_size=16, width=0.5, seed=0)
     net = network_of_units(units.units, units.note, input_shape=(3, 16, 16), num_classes=10, split=3)
     x = torch.randn(4, 3, 16, 16, requires_grad=True)
     y, *_ = block_step(net.blocks[0], None, x, torch.randint(0, 10, (4,)))
@@ -191,7 +209,7 @@ def test_the_cut_network_computes_what_the_uncut_model_does():
             model.conv1(x))))))))
     assert isinstance(model.maxpool, torch.nn.Identity) and uncut_equals_cut(uncut, net, x)
 
-    units = named_units("resnet32", in_channels=3, image_size=32, seed=0)
+    units = model_units("resnet32", in_channels=3, image_size=32, seed=0)
     with torch.no_grad():
         uncut = torch.nn.Sequential(*units.units).eval()(x)
     assert uncut_equals_cut(uncut, network_of_units(units.units, units.note, input_shape=(3, 32, 32),
@@ -206,6 +224,21 @@ def test_the_cut_network_computes_what_the_uncut_model_does():
         for block in preset.blocks:
             _, h = block(h)
     assert uncut_equals_cut(h, grouped, x)
+
+
+def test_split_given_from_python_as_numbers_lists_or_pairs_and_bad_shapes_refused():
+    from asge.nn.local_network import parse_split
+    assert parse_split(4) == 4 and parse_split("4") == 4
+    assert parse_split([3, 7, 12]) == parse_split("3,7,12") == [3, 7, 12]
+    assert parse_split([(1, 2), [2, 1]]) == parse_split("1.2,2.1") == [(1, 2), (2, 1)]
+    for bad in ("", ",", [], "1.x"):
+        with pytest.raises(ValueError, match="split: expected"):
+            parse_split(bad)
+    units = model_units("resnet20", in_channels=3, image_size=32, width=0.25, seed=0).units
+    net = local_network(units, split=[1, 5], input_shape=(3, 32, 32), num_classes=10)
+    assert [m.body.unit_range for m in net.blocks] == [range(0, 1), range(1, 5), range(5, 10)]
+    with pytest.raises(ValueError, match="square images"):
+        local_network(units, input_shape=(3, 16, 32), num_classes=10)
 
 
 def test_partition_factor_of_arbitrary_widths():

@@ -359,8 +359,14 @@ class TrainConfig:
         NORMS.check(self.module_norm)
         if self.module_norm != "none" and (self.channels is not None or self.model is None
                                            or self.model in choices["model"]):
-            raise ValueError(f"--module-norm applies to networks cut into modules (resnetN, torchvision:NAME, "
-                             f"timm:NAME); the VGG presets' blocks have their entry norm (--norm)")
+            raise ValueError("--module-norm applies to networks cut into modules (resnetN, torchvision:NAME, "
+                             "timm:NAME); the VGG presets' blocks have their entry norm (--norm)")
+        vgg_units = (self.channels is not None or self.model is None or self.model in choices["model"]) and (
+            self.split is not None or self.local_loss != "asge")
+        if vgg_units and self.pipeline > 1 and self.dropout > 0 and self.method == "asge":
+            raise ValueError("--pipeline with the VGG blocks grouped into modules (--split, --local-loss) needs "
+                             "--dropout 0: inside a module the blocks draw their dropout from each process's "
+                             "own random state, so the stages would not train as one process does")
         CONTEXTS.check(self.context)
         for key in ("augment", "projection", "amp", "progress"):
             _check_choice(key, getattr(self, key), choices)

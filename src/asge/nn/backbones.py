@@ -195,8 +195,14 @@ def adapt_stem(owner: nn.Module, names: Sequence[str], in_channels: int,
     path, conv = next(((p, m) for p, m in stem.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     if conv is None:
         raise ValueError("no convolution found in the stem")
+    changes = small or conv.in_channels != in_channels
+    if changes and (type(conv) is not nn.Conv2d or conv.groups != 1 or conv.dilation != (1, 1)
+                    or conv.padding_mode != "zeros"):
+        raise ValueError(f"its stem's first convolution is a {type(conv).__name__} (groups {conv.groups}, "
+                         f"dilation {conv.dilation}), which a plain conv cannot replace for {in_channels}-channel "
+                         f"or small inputs; use 3-channel inputs over {SMALL_INPUT} px")
     said = []
-    if small or conv.in_channels != in_channels:
+    if changes:
         k, s, p = (3, 1, 1) if small else (conv.kernel_size, conv.stride, conv.padding)
         new = nn.Conv2d(in_channels, conv.out_channels, k, stride=s, padding=p, bias=conv.bias is not None,
                         device=conv.weight.device, dtype=conv.weight.dtype)
@@ -245,7 +251,9 @@ def timm_model_units(model: nn.Module, in_channels: int, image_size: int, label:
     stem_names, stages, tail = timm_layout(model, name)
     small = image_size <= SMALL_INPUT
     stem, changed = adapt_stem(model, stem_names, in_channels, small)
-    example = torch.randn(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    first = next(model.parameters())
+    example = torch.randn(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0)
+                          ).to(device=first.device, dtype=first.dtype)
     if small and not runs(stem, example):
         raise ValueError(f"timm:{name}: its stem fails once its first conv is 3x3 stride-1 for {image_size} px "
                          f"inputs (a stem of parallel branches?); use inputs over {SMALL_INPUT} px")
@@ -300,7 +308,7 @@ def reproduces(model: nn.Module, units: Sequence[nn.Module], example: torch.Tens
             want, got = model.forward_features(example), example
             for unit in units:
                 got = unit(got)
-    except RuntimeError:
+    except Exception:                     # any failure of a layout: the next layout is tried
         return False
     return isinstance(want, torch.Tensor) and want.shape == got.shape and torch.allclose(want, got, 1e-4, 1e-5)
 
@@ -310,6 +318,6 @@ def runs(module: nn.Module, example: torch.Tensor) -> bool:
     try:
         with evaluating(module):
             module(example)
-    except RuntimeError:
+    except Exception:
         return False
     return True

@@ -10,12 +10,12 @@ boundaries), cut points (unit indices where a new module starts), or, for the CI
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 
-from .backbones import Units, cut_model, model_units
+from .backbones import cut_model
 from .block import ASGEBlock
 from .local_module import LocalModule
 from .local_rules import measure_head
@@ -27,7 +27,7 @@ DEFAULT_MODULES = 4
 #: A run's ``model`` when its network was given from Python (``fit(cfg, network=...)``): no config rebuilds it.
 PYTHON_MODEL = "python"
 
-Split = Union[int, Sequence[int], Sequence[tuple[int, int]], None]
+SplitSpec = Union[int, Sequence[int], Sequence[tuple[int, int]], None]
 
 
 def check_model_name(name: str) -> str:
@@ -59,13 +59,21 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def parse_split(text: Union[str, int, None]) -> Split:
+def parse_split(text: Union[str, SplitSpec]) -> SplitSpec:
     """``"4"`` -> 4 (K modules); ``"3,7,12"`` -> [3, 7, 12] (unit indices where a module starts);
-    ``"1.2,2.1"`` -> [(1, 2), (2, 1)] (InfoPro's (stage, block) pairs: a module ends after that block)."""
+    ``"1.2,2.1"`` -> [(1, 2), (2, 1)] (InfoPro's (stage, block) pairs: a module ends after that block). A
+    number, a list of indices or a list of pairs is returned as such (lists as lists)."""
     if text is None or isinstance(text, int):
         return text
+    if isinstance(text, (list, tuple)) and text:
+        if all(isinstance(c, int) for c in text):
+            return list(text)
+        if all(isinstance(c, (list, tuple)) and len(c) == 2 for c in text):
+            return [(int(c[0]), int(c[1])) for c in text]
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     try:
+        if not parts:
+            raise ValueError
         if len(parts) == 1 and "." not in parts[0]:
             return int(parts[0])
         if all("." in p for p in parts):
@@ -77,7 +85,7 @@ def parse_split(text: Union[str, int, None]) -> Split:
                      f"starts, e.g. 3,7,12) or (stage.block) pairs (e.g. 1.2,2.1), got {text!r}")
 
 
-def split_modules(units: Sequence[nn.Module], split: Split, example: torch.Tensor) -> list[nn.Sequential]:
+def split_modules(units: Sequence[nn.Module], split: SplitSpec, example: torch.Tensor) -> list[nn.Sequential]:
     """``units`` grouped into modules by ``split`` (see the module docstring); ``example`` (B, C, H, W) is the
     input the balancing measures compute on."""
     split = parse_split(split)
@@ -86,15 +94,8 @@ def split_modules(units: Sequence[nn.Module], split: Split, example: torch.Tenso
     return split_at(units, list(split))
 
 
-def named_units(model: str, *, in_channels: int, image_size: int, width: float = 1.0,
-                seed: Optional[int] = None) -> Units:
-    """The units of a network given by name: ``resnet20|32|56|110`` (CIFAR ResNets), ``torchvision:NAME``,
-    ``timm:NAME`` (:func:`asge.nn.backbones.model_units`)."""
-    return model_units(model, in_channels=in_channels, image_size=image_size, width=width, seed=seed)
-
-
 def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: tuple[int, int, int],
-                  num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
+                  num_classes: int, split: SplitSpec = None, rule: str = "asge", alpha: float = 1.0,
                   goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
                   projection: str = "fixed", entry_norm: str = "none", seed: int = 0) -> ASGENet:
     """An ASGENet of locally trained modules from ``model``:
@@ -110,8 +111,10 @@ def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: 
     modules 2..K (:class:`~asge.nn.local_module.LocalModule`); the network's ``note`` says how it was cut.
     """
     c, h, w = input_shape
+    if h != w:
+        raise ValueError(f"input_shape: square images are expected (C, S, S), got {tuple(input_shape)}")
     if isinstance(model, (list, tuple, nn.ModuleList, nn.Sequential)):
-        units, note = list(model), f"{len(model)} modules given"
+        units, note = list(model), f"{len(model)} units given"
         if split is None:
             split = len(units)
     else:
@@ -123,12 +126,14 @@ def local_network(model: Union[nn.Module, Sequence[nn.Module]], *, input_shape: 
 
 
 def network_of_units(units: Sequence[nn.Module], note: str, *, input_shape: tuple[int, int, int],
-                     num_classes: int, split: Split = None, rule: str = "asge", alpha: float = 1.0,
+                     num_classes: int, split: SplitSpec = None, rule: str = "asge", alpha: float = 1.0,
                      goodness: str = "mean", head_features: str = "gap", fusion_from: int = 2,
                      projection: str = "fixed", entry_norm: str = "none", seed: int = 0) -> ASGENet:
     """:func:`local_network` once the units are known: group them by ``split`` and wrap the modules."""
     c, h, w = input_shape
-    example = torch.zeros(2, c, h, w)
+    first = next((p for u in units for p in u.parameters()), None)
+    example = torch.zeros(2, c, h, w, device=first.device if first is not None else None,
+                          dtype=first.dtype if first is not None else None)
     modules = split_modules(units, DEFAULT_MODULES if split is None else split, example)
     net = ASGENet.from_modules(modules, in_channels=c, image_size=h, num_classes=num_classes, alpha=alpha,
                                goodness=goodness, head_features=head_features, fusion_from=fusion_from,

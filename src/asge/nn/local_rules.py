@@ -14,7 +14,7 @@ code) defines it (docs/local-rules.md says which details come from where):
 - ``predsim``: Nøkland & Eidnes (ICML 2019): a linear prediction of pooled y, and the match of a conv of y's
   similarity matrix to the labels'.
 
-:func:`create_rule` builds a rule by name; :data:`LOCAL_RULES` lists the names; :func:`head_macs` measures a
+:func:`create_rule` builds a rule by name; :data:`LOCAL_RULES` lists the names; :func:`head_cost` measures a
 rule's parameters and multiply-accumulates.
 """
 from __future__ import annotations
@@ -288,7 +288,7 @@ def measure_head(rule: LocalRule, shape: tuple[int, int, int], num_classes: int,
     return HeadCost(sum(q.numel() for q in rule.parameters()), int(macs), train_macs, batch)
 
 
-def head_macs(name: str, channels: int, height: int, width: int, num_classes: int, *, partition: int = 1,
+def head_cost(name: str, channels: int, height: int, width: int, num_classes: int, *, partition: int = 1,
               goodness: str = "mean", projection: str = "fixed", batch: int = 128) -> HeadCost:
     """:class:`HeadCost` of the rule ``name`` for a module whose output is (B, channels, height, width): the
     head's column of the table "head FLOPs relative to the module" (divide by the module's own MACs)."""

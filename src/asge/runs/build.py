@@ -11,7 +11,8 @@ import torch
 from ..config import TrainConfig
 from ..data import load_data
 from ..errors import AsgeError
-from ..nn.local_network import PYTHON_MODEL, BlockUnit, named_units, network_of_units
+from ..nn.backbones import model_units
+from ..nn.local_network import PYTHON_MODEL, BlockUnit, network_of_units
 from ..nn.model import ASGENet
 from ..nn.presets import PRESETS
 
@@ -69,7 +70,7 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
         note = f"{'custom channels' if cfg.channels is not None else cfg.model}: {len(units)} ASGE blocks as units"
         split = len(units) if cfg.split is None else cfg.split
     else:
-        units, _, note = named_units(cfg.model, in_channels=info.in_channels, image_size=info.image_size,
+        units, _, note = model_units(cfg.model, in_channels=info.in_channels, image_size=info.image_size,
                                      width=cfg.width, seed=cfg.seed)
         split = cfg.split
     return network_of_units(units, note, input_shape=(info.in_channels, info.image_size, info.image_size),

@@ -620,5 +620,5 @@ def command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["run_ablation", "grid_settings", "split_context_options", "options_for", "markdown_table",
-           "csv_text", "setting_name", "parse_splits", "Setting", "add_arguments", "run", "DEFAULT_POOLS", "DEFAULT_CONTEXTS", "GRIDS",
+           "csv_text", "setting_name", "parse_splits", "Setting", "add_arguments", "command", "DEFAULT_POOLS", "DEFAULT_CONTEXTS", "GRIDS",
            "CSV_COLUMNS"]

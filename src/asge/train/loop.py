@@ -106,7 +106,7 @@ def describe_data(data, val_images: int) -> list[str]:
                      f"the run directory's {UNREADABLE_FILE}; first: {data.unreadable[0]}")
     if val_images < SMALL_VALIDATION:
         lines.append(f"note: the best epoch and l* are chosen on {val_images} validation images (under "
-                     f"{SMALL_VALIDATION}): expect them to be noisy; the summary gives 95% intervals")
+                     f"{SMALL_VALIDATION}): expect them to be noisy (the summary table and asge report give 95% intervals of the test accuracies)")
     return lines
 
 
@@ -163,7 +163,7 @@ def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[
     its ``last.pt``. SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point
     and raises :class:`~asge.errors.Preempted`. ``on_epoch_end(epoch, record)`` is called after each epoch's
     checkpoint is written. ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``
-    (the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group;
+    (fit's ``method_factory``; the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group;
     ``network`` is trained instead of the one the config names (:func:`asge.local_network`).
     """
     cfg = ready_config(cfg)

@@ -21,6 +21,21 @@ from .pipeline import fit_pipeline
 from .resume import check_resume, finished_message
 
 
+def network_config(cfg: TrainConfig, network) -> TrainConfig:
+    """``cfg`` for a network given from Python: model ``python``, and the split and local rule the network has
+    (its module count; its modules' rule), so that config.yaml and summary.json say what was trained. Keys
+    that describe a network to build are refused in one line."""
+    rules = {getattr(getattr(block, "rule", None), "name", "asge") for block in network.blocks}
+    rule = rules.pop() if len(rules) == 1 else cfg.local_loss
+    given = [key for key, value, unset in (("model", cfg.model, (None, PYTHON_MODEL)), ("split", cfg.split, (None,)),
+                                           ("module_norm", cfg.module_norm, ("none",)),
+                                           ("local_loss", cfg.local_loss, ("asge", rule))) if value not in unset]
+    if given:
+        raise AsgeError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} a network to build; with "
+                        "network=... leave them unset (the network has its own modules and rule)")
+    return dataclasses.replace(cfg, model=PYTHON_MODEL, split=str(len(network.blocks)), local_loss=rule)
+
+
 def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callable[[int, dict], None]] = None,
         log: Callable[[str], None] = print, require_run: bool = False,
         on_finished: Optional[Callable[[dict], None]] = None, method_factory: Optional[Callable] = None,
@@ -35,12 +50,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[Callab
     device)``, for one process only, builds the training method instead of ``METHODS[cfg.method]`` (your own
     method, or one wrapped to observe the steps). ``network`` (one process only) is trained instead of the
     network the config names: your own modules, or a network cut into modules (:func:`asge.local_network`);
-    the run records its model as ``python``, and ``asge.load(run, model=...)`` takes the same network back.
+    the run records its model as ``python``, its modules and their rule as the network has them, and
+    ``asge.load(run, model=...)`` takes the same network back.
     """
     if network is not None:
-        if cfg.model not in (None, PYTHON_MODEL):
-            raise AsgeError(f"model {cfg.model!r} names a network to build; with network=... leave it unset")
-        cfg = dataclasses.replace(cfg, model=PYTHON_MODEL)
+        cfg = network_config(cfg, network)
     note = default_model_note(cfg)
     cfg = ready_config(cfg)
     first_rank = int(os.environ.get("RANK", "0")) == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-import torch
 
 from ..errors import RunDirError
 from ..nn.heads import STRATEGIES

@@ -272,4 +272,4 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["InferenceGraph", "export_model", "model_card", "header", "FORMATS", "add_arguments", "run"]
+__all__ = ["InferenceGraph", "export_model", "model_card", "header", "FORMATS", "add_arguments", "command"]

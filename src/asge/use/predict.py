@@ -102,4 +102,4 @@ def command(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-__all__ = ["predict_files", "write", "add_arguments", "run"]
+__all__ = ["predict_files", "write", "add_arguments", "command"]
