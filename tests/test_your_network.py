@@ -226,6 +226,18 @@ def test_the_cut_network_computes_what_the_uncut_model_does():
     assert uncut_equals_cut(h, grouped, x)
 
 
+def test_a_recipe_on_a_cut_network_sets_all_but_the_vgg_blocks_keys():
+    from asge.recipes import RECIPES
+    cfg = TrainConfig.from_dict({"model": "resnet20", "recipe": "colour"})
+    colour = RECIPES["colour"]
+    assert cfg.context == "none" and "context" in colour                       # the VGG blocks' key: left out
+    for key in set(colour) - {"context"}:
+        assert getattr(cfg, key) == colour[key], key
+    assert TrainConfig.from_dict({"model": "quick", "recipe": "colour"}).context == colour["context"]
+    with pytest.raises(ValueError, match="--context applies to the VGG presets"):
+        TrainConfig.from_dict({"model": "resnet20", "recipe": "colour", "context": "ge"})
+
+
 def test_split_given_from_python_as_numbers_lists_or_pairs_and_bad_shapes_refused():
     from asge.nn.local_network import parse_split
     assert parse_split(4) == 4 and parse_split("4") == 4

@@ -132,6 +132,11 @@ CUDA_GRAPHS_MODES = ("auto", "on", "off")             # whether the step is one 
 AUGMENT_AUTO = "auto"                                 # augment: the dataset's own augmentation
 
 
+#: The keys of the VGG presets' blocks, refused for a network cut into modules of its own layers (a recipe's
+#: values for them are left out there).
+VGG_BLOCK_KEYS = ("channels", "downsample", "context", "context_options", "context_blocks", "pool", "norm")
+
+
 def key_choices() -> dict[str, list[str]]:
     """The valid names of each key that takes one, each list read from the module that defines it (shown as
     ``{a,b,c}`` in ``--help``, checked by :meth:`TrainConfig.validate`); pools and contexts also take your own
@@ -182,7 +187,8 @@ class TrainConfig:
 
     recipe: str = _top("paper", "paper (the paper's recipe), plus (the improved local recipe) or colour (plus with "
                                 "learned goodness projections, no augmentation, batch 32: for short budgets; "
-                                "docs/accuracy.md): sets defaults that --config and flags override")
+                                "docs/accuracy.md): sets defaults that --config and flags override (for a network "
+                                "cut into modules, all but the VGG blocks' context and pool)")
     # data
     dataset: str = _data("digits", "dataset to train and test on")
     data_root: Optional[str] = _data(None, "where the dataset lives: used as given, or refused if the files are "
@@ -307,8 +313,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, *, template: bool = False) -> "TrainConfig":
-        """A config from the keys given; the keys not given come from ``d["recipe"]`` (asge/recipes.py),
-        then from the dataclass defaults. ``template``: see :meth:`validate`."""
+        """A config from the keys given; the keys not given come from ``d["recipe"]`` (asge/recipes.py; for a
+        network that is not a VGG preset, its keys but those of the VGG blocks, :data:`VGG_BLOCK_KEYS`), then
+        from the dataclass defaults. ``template``: see :meth:`validate`."""
         from .recipes import recipe_defaults
         d = {str(k).replace("-", "_"): v for k, v in d.items()}
         names = {f.name for f in dataclasses.fields(cls)}
@@ -318,7 +325,11 @@ class TrainConfig:
         recipe = d.get("recipe", "paper")
         if not isinstance(recipe, str):
             raise ValueError(f"recipe: expected a string, got {recipe!r}")
-        d = {**recipe_defaults(recipe), **d}
+        defaults = recipe_defaults(recipe)
+        model = d.get("model")
+        if model is not None and model not in key_choices()["model"] and d.get("channels") is None:
+            defaults = {k: v for k, v in defaults.items() if k not in VGG_BLOCK_KEYS}   # a cut network's own layers
+        d = {**defaults, **d}
         cfg = cls(**d)
         cfg.validate(template=template)
         return cfg
