@@ -7,7 +7,7 @@ Every cell is a plain `asge train` run (one torch thread) in OUT/runs/<model>/<l
 backprop run per seed on the same network (its split does not change backprop); a cell whose summary.json
 exists is read back and one with a checkpoint is resumed, so a killed table continues where it stopped.
 `--data` is an ImageFolder tree holding train/ (CIFAR-10's JPEGs): 5,000 class-balanced images of it are held
-back as the test split (`--test-split 5000`), so nothing is tuned on them. `--bench` adds `asge bench` per
+back as the test split (`--test-split`), so nothing is tuned on them. `--bench` adds `asge bench` per
 (loss, K) on the same network: images/s and saved-activation memory relative to backprop, same batches.
 
 After every finished cell OUT/table.json (every cell's summary, every bench) and OUT/table.md (per rule and K:
@@ -29,18 +29,18 @@ from pathlib import Path
 
 from accuracy_sweep import mean_sd, run_one
 
-BASE = ["--dataset", "imagefolder", "--test-split", "5000", "--batch-size", "128"]
 
 
 def cells(args) -> list[tuple[str, list[str]]]:
     """(name, flags) of every training run of the table, in the order they start: BP per seed (its split does
     not change backprop), then each rule at ``--main-split`` for every seed, then the other K for the first
     ``--other-seeds`` seeds; so a table cut short by time still holds its reference and main rows."""
-    model = ["--model", args.model, *shlex.split(args.train)]
+    model = ["--dataset", "imagefolder", "--test-split", str(args.test_split), "--model", args.model,
+             *shlex.split(args.train)]
     main = args.main_split or args.splits[0]
-    cell = lambda loss, k, seed: (f"{loss}-k{k}-s{seed}", [*BASE, *model, "--split", str(k),  # noqa: E731
+    cell = lambda loss, k, seed: (f"{loss}-k{k}-s{seed}", [*model, "--split", str(k),  # noqa: E731
                                                          "--local-loss", loss, "--seed", str(seed)])
-    out = [(f"bp-s{seed}", [*BASE, *model, "--split", str(main), "--method", "bp", "--seed", str(seed)])
+    out = [(f"bp-s{seed}", [*model, "--split", str(main), "--method", "bp", "--seed", str(seed)])
            for seed in args.seeds] if not args.no_bp else []
     out += [cell(loss, main, seed) for seed in args.seeds for loss in args.losses]
     others = args.seeds[:args.other_seeds] if args.other_seeds else args.seeds
@@ -128,7 +128,10 @@ def main(argv=None) -> int:
     p.add_argument("--splits", type=lambda t: [int(v) for v in t.split(",")], default=[2, 4, 8, 16])
     p.add_argument("--losses", type=lambda t: t.split(","), default=["asge"])
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1, 2])
-    p.add_argument("--train", default="--subset 10000 --epochs 5", help="more train flags, one string")
+    p.add_argument("--train", default="--subset 10000 --epochs 5",
+                   help="more train flags, one string (batch 128 unless they or a --recipe set another)")
+    p.add_argument("--test-split", type=int, default=5000,
+                   help="class-balanced images of the tree held back as the test split (default 5000)")
     p.add_argument("--main-split", type=int, help="the K every seed runs first (default: the first of --splits)")
     p.add_argument("--other-seeds", type=int, help="how many of --seeds the other K run (default: all)")
     p.add_argument("--no-bp", action="store_true", help="leave out the backprop runs")
