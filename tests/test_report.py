@@ -403,3 +403,22 @@ def test_reference_no_run_has_is_refused_in_one_line(three, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "--reference 'Bp': no run has that label; the runs' labels are ASGE, BP" in err
     assert not out.exists(), "nothing is written"
+
+
+def test_comparison_names_different_batches_and_bp_modules_have_no_head_share():
+    from asge.tools.report_html import comparison_lines, machine_note, modules_table
+    from asge.tools.results import RunResults
+    module = {"units": [0, 3], "out_shape": [16, 8, 8], "parameters": 10, "macs": 100, "head_macs_ratio": 0.25}
+    common = {"device_name": "CPU X", "modules": [module]}
+    asge_run = RunResults(Path("a"), "a", {"batch_size": 32, "method": "asge"},
+                          {**common, "method": "asge", "headline": "fusion", "test_accuracy": {"fusion": 50.0},
+                           "images_per_second": 300.0})
+    bp_run = RunResults(Path("b"), "b", {"batch_size": 128, "method": "bp"},
+                        {**common, "method": "bp", "headline": "last", "test_accuracy": {"last": 60.0},
+                         "images_per_second": 100.0})
+    assert comparison_lines([asge_run, bp_run]) == [
+        "b +10.0 points over a (last 60.00% vs fusion 50.00% test accuracy); a 3.0x faster per training image "
+        "than b (at batch 32 against 128)."]
+    assert "asge bench times two methods side by side" in machine_note([asge_run, bp_run])
+    rows = modules_table([asge_run, bp_run]).rows
+    assert [row[-1] for row in rows] == ["25.00%", "–"]

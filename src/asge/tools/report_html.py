@@ -144,7 +144,7 @@ def modules_table(runs: list[RunResults]) -> Optional[Table]:
     for r in runs:
         for k, m in enumerate(r.summary.get("modules") or [], 1):
             units = m.get("units") or []
-            ratio = m.get("head_macs_ratio")
+            ratio = m.get("head_macs_ratio") if r.method != "bp" else None       # backprop has no local heads
             rows.append([r.label, str(k),
                          ("–" if len(units) != 2 else str(units[0]) if units[0] == units[1]
                           else f"{units[0]}–{units[1]}"),
@@ -159,7 +159,7 @@ def modules_table(runs: list[RunResults]) -> Optional[Table]:
                  "Units: the network's units it holds, counted from 0 (a ResNet's stem and residual blocks, a "
                  "VGG's blocks). Parameters and MACs (multiply-accumulates per image of its forward pass) are "
                  "the module's without its local head; head share: the head's MACs per image (its class scores, "
-                 "what the Best exit adds) as a share of the module's.",
+                 "what the Best exit adds) as a share of the module's (bp: none).",
                  [False, True, False, False, True, True, True])
 
 
@@ -204,6 +204,9 @@ def comparison_lines(runs: list[RunResults], reference: Optional[str] = None) ->
         text = f"; {fast.label} {ratio:.1f}x faster per training image than {slow.label}"
         if machine_of(a) != machine_of(b):
             text += " (measured on different machines: not comparable)"
+        batches = [r.config.get("batch_size") for r in (fast, slow)]
+        if batches[0] != batches[1] and None not in batches:
+            text += f" (at batch {batches[0]} against {batches[1]})"
         return text
 
     def pair(a, b) -> str:
@@ -248,10 +251,13 @@ def machine_of(r: RunResults) -> str:
 def machine_note(runs: list[RunResults]) -> str:
     """``Speeds measured on: <machine> (all runs)`` or one machine per run."""
     machines = {r.label: machine_of(r) for r in runs}
+    timing = (" Speeds are each run's own training time, which other work on the machine at the time changes; "
+              "asge bench times two methods side by side." if len(runs) > 1 else "")
     if len(set(machines.values())) == 1:
-        return f"Speeds measured on: {next(iter(machines.values()))} ({'all runs' if len(runs) > 1 else 'this run'})."
+        return (f"Speeds measured on: {next(iter(machines.values()))} ({'all runs' if len(runs) > 1 else 'this run'})."
+                + timing)
     return "Speeds measured on: " + "; ".join(f"{k}: {v}" for k, v in machines.items()) + \
-        " (different machines: compare speeds with care)."
+        " (different machines: compare speeds with care)." + timing
 
 
 def _md_cell(text: str) -> str:
