@@ -69,14 +69,13 @@ def make(method: str, recipe: str):
     return m
 
 
-@pytest.mark.parametrize("method,recipe", [("asge", "paper"), ("asge", "plus"), ("bp", "paper")])
-def test_device_step_is_the_same_every_step_without_rng_state_calls_or_host_syncs(method, recipe,
-                                                                                    rng_state_calls):
-    m = make(method, recipe)
-    del rng_state_calls[:]                                   # (make seeds the model's init)
+def recorded_steps(m, shape: tuple[int, int, int], batch: int = 4):
+    """The operators dispatched by steps 1 and 2 of method ``m`` (after a first step that creates the optimizer
+    state), on random (batch, *shape) images; and the batches, the first of them for more host-side steps."""
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
-    m.train_step(*batches[0], 0)                             # the optimizer state is created at the first step
+    batches = [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
+               for _ in range(3)]
+    m.train_step(*batches[0], 0)
     recorded = []
     for step, (x, y) in enumerate(batches[1:], 1):
         m.begin_step(step)
@@ -84,7 +83,15 @@ def test_device_step_is_the_same_every_step_without_rng_state_calls_or_host_sync
             m.device_step(x, y)
         m.end_step(y.shape[0])
         recorded.append(d.ops)
-    first, second = recorded
+    return recorded, batches
+
+
+@pytest.mark.parametrize("method,recipe", [("asge", "paper"), ("asge", "plus"), ("bp", "paper")])
+def test_device_step_is_the_same_every_step_without_rng_state_calls_or_host_syncs(method, recipe,
+                                                                                    rng_state_calls):
+    m = make(method, recipe)
+    del rng_state_calls[:]                                   # (make seeds the model's init)
+    (first, second), batches = recorded_steps(m, (3, 8, 8))
     assert len(first) > 100 and first == second              # same operators, shapes and scalars
     assert not [op for op, *_ in first if op in SYNCS]
     assert any("_fused_adamw_" in op for op, *_ in first)    # the update is inside (reading the lr tensor)

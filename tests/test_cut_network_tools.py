@@ -15,7 +15,7 @@ from asge.runs.build import build_model
 from asge.train import Backprop, LocalLearning
 from asge.train.graphs import GraphedStep
 
-from test_capture import SYNCS, Dispatched, rng_state_calls  # noqa: F401  (rng_state_calls: a fixture)
+from test_capture import SYNCS, recorded_steps, rng_state_calls  # noqa: F401  (rng_state_calls: a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -55,17 +55,7 @@ def test_cut_network_step_is_capture_ready(method, rule, rng_state_calls):  # no
     m = (LocalLearning if method == "asge" else Backprop)(net, cfg, 10, torch.device("cpu"))
     m.start_epoch(5)
     del rng_state_calls[:]
-    g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
-    m.train_step(*batches[0], 0)
-    recorded = []
-    for step, (x, y) in enumerate(batches[1:], 1):
-        m.begin_step(step)
-        with Dispatched() as d:
-            m.device_step(x, y)
-        m.end_step(y.shape[0])
-        recorded.append(d.ops)
-    first, second = recorded
+    (first, second), _ = recorded_steps(m, (3, 16, 16))
     assert len(first) > 100 and first == second
     assert [op for op, *_ in first if op in SYNCS] == []
     assert rng_state_calls == []
