@@ -307,3 +307,17 @@ def test_head_costs_match_hand_counts_for_a_64_channel_8x8_module():
     assert cost.parameters == 4096 * n + n + c * c * 9
     assert cost.macs == 4096 * n == 40_960
     assert cost.train_macs == 4096 * n + c * c * 9 * h * w + b * c + b * n
+
+
+def test_the_bases_are_abstract_and_every_rule_and_block_implements_them():
+    from asge.nn.block import ASGEBlock
+    from asge.nn.local_block import LocalBlock
+    from asge.nn.local_module import LocalModule
+    from asge.nn.local_rules import LocalRule
+    for base in (LocalRule, LocalBlock):
+        with pytest.raises(TypeError, match="abstract"):
+            base()
+    assert all(not cls.__abstractmethods__ for cls in (ASGEBlock, LocalModule))
+    for name in LOCAL_RULES:
+        rule = create_rule(name, 20, 4, 4, 10, partition=2)
+        assert isinstance(rule, LocalRule) and not type(rule).__abstractmethods__ and rule.name == name

@@ -19,6 +19,7 @@ rule's parameters and multiply-accumulates.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -29,7 +30,7 @@ from torch import nn
 from .goodness import GoodnessProjection, spatial_goodness
 
 
-class LocalRule(nn.Module):
+class LocalRule(nn.Module, abc.ABC):
     """Base of the local rules. Subclasses set ``name`` and define :meth:`forward`; :meth:`loss` defaults to
     cross-entropy on the scores.
 
@@ -38,8 +39,9 @@ class LocalRule(nn.Module):
 
     name = ""
 
+    @abc.abstractmethod
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The rule's class scores of y: (B, C, H, W) -> (B, N)."""
 
     def loss(self, y: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
              label_smoothing: float = 0.0) -> torch.Tensor:
