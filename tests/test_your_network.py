@@ -111,6 +111,7 @@ def test_backprop_trains_the_same_cut_network(tmp_path, single_thread):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "resnet20", "--context", "sge"], "--context applies to the VGG presets"),
     (["--model", "resnet20", "--channels", "8,8v"], "--channels"),
+    (["--model", "resnet20", "--context-option", "groups=4"], "--context-option applies to the VGG presets"),
     (["--model", "resnet20", "--split", "99"], "99"),
     (["--model", "resnet21"], "resnet21"),
     (["--model", "torchvision:vit_b_16"], "vit_b_16"),

@@ -137,6 +137,13 @@ AUGMENT_AUTO = "auto"                                 # augment: the dataset's o
 VGG_BLOCK_KEYS = ("channels", "downsample", "context", "context_options", "context_blocks", "pool", "norm")
 
 
+def builds_vgg_blocks(model: Optional[str], channels: Optional[list]) -> bool:
+    """Whether a config of this ``model`` and ``channels`` builds the VGG presets' blocks (a preset, the
+    default preset, or ``--channels``), rather than a network cut into modules of its own layers."""
+    from .nn.presets import PRESETS
+    return channels is not None or model is None or model in PRESETS
+
+
 def key_choices() -> dict[str, list[str]]:
     """The valid names of each key that takes one, each list read from the module that defines it (shown as
     ``{a,b,c}`` in ``--help``, checked by :meth:`TrainConfig.validate`); pools and contexts also take your own
@@ -326,9 +333,8 @@ class TrainConfig:
         if not isinstance(recipe, str):
             raise ValueError(f"recipe: expected a string, got {recipe!r}")
         defaults = recipe_defaults(recipe)
-        model = d.get("model")
-        if model is not None and model not in key_choices()["model"] and d.get("channels") is None:
-            defaults = {k: v for k, v in defaults.items() if k not in VGG_BLOCK_KEYS}   # a cut network's own layers
+        if not builds_vgg_blocks(d.get("model"), d.get("channels")):          # a cut network's own layers
+            defaults = {k: v for k, v in defaults.items() if k not in VGG_BLOCK_KEYS}
         d = {**defaults, **d}
         cfg = cls(**d)
         cfg.validate(template=template)
@@ -368,12 +374,11 @@ class TrainConfig:
         POOLS.check(self.pool)
         NORMS.check(self.norm)
         NORMS.check(self.module_norm)
-        if self.module_norm != "none" and (self.channels is not None or self.model is None
-                                           or self.model in choices["model"]):
+        vgg = builds_vgg_blocks(self.model, self.channels)
+        if self.module_norm != "none" and vgg:
             raise ValueError("--module-norm applies to networks cut into modules (resnetN, torchvision:NAME, "
                              "timm:NAME); the VGG presets' blocks have their entry norm (--norm)")
-        vgg_units = (self.channels is not None or self.model is None or self.model in choices["model"]) and (
-            self.split is not None or self.local_loss != "asge")
+        vgg_units = vgg and (self.split is not None or self.local_loss != "asge")   # the blocks grouped into modules
         if vgg_units and self.pipeline > 1 and self.dropout > 0 and self.method == "asge":
             raise ValueError("--pipeline with the VGG blocks grouped into modules (--split, --local-loss) needs "
                              "--dropout 0: inside a module the blocks draw their dropout from each process's "
@@ -395,11 +400,12 @@ class TrainConfig:
             check_context_options(self.context, self.context_options)
 
     def _check_chain_options(self) -> None:
-        """A network that is not a VGG preset has its own layers: the VGG blocks' options are refused."""
-        given = [f"--{flag}" for flag, value, default in (
-            ("channels", self.channels, None), ("context", self.context, "none"),
-            ("context-blocks", self.context_blocks, None), ("pool", self.pool, "rms"), ("norm", self.norm, "layer"))
-            if value != default]
+        """A network that is not a VGG preset has its own layers: the VGG blocks' options
+        (:data:`VGG_BLOCK_KEYS`) are refused."""
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(self)}
+        given = ["--context-option" if key == "context_options" else "--" + key.replace("_", "-")
+                 for key in VGG_BLOCK_KEYS if key != "downsample" and getattr(self, key) != defaults[key]]
         if given:
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the VGG presets' "
                              f"blocks; {self.model} is cut into modules of its own layers (--split, --local-loss)")

@@ -8,13 +8,12 @@ from typing import Optional
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, builds_vgg_blocks
 from ..data import load_data
 from ..errors import AsgeError
 from ..nn.backbones import model_units
 from ..nn.local_network import PYTHON_MODEL, BlockUnit, network_of_units
 from ..nn.model import ASGENet
-from ..nn.presets import PRESETS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,8 +56,7 @@ def build_model(cfg: TrainConfig, info) -> ASGENet:
                         "(asge.train.fit(cfg, network=...), asge.load(run, model=...))")
     common = dict(num_classes=info.num_classes, alpha=cfg.alpha, head_features=cfg.head_features,
                   fusion_from=cfg.fusion_from, projection=cfg.projection, seed=cfg.seed)
-    vgg = cfg.channels is not None or cfg.model in PRESETS
-    if vgg:
+    if builds_vgg_blocks(cfg.model, cfg.channels):
         blocks = dict(norm=cfg.norm, pool=cfg.pool, goodness=cfg.goodness, dropout=cfg.dropout, context=cfg.context,
                       context_options=cfg.context_options, context_blocks=cfg.context_blocks)
         blocks.update(common, in_channels=info.in_channels, image_size=info.image_size)
