@@ -254,6 +254,14 @@ def test_split_given_from_python_as_numbers_lists_or_pairs_and_bad_shapes_refuse
         local_network(units, input_shape=(3, 16, 32), num_classes=10)
 
 
+def test_float64_units_give_a_float64_network_entry_norms_included():
+    units = [u.double() for u in model_units("resnet20", in_channels=3, image_size=16, width=0.25, seed=0).units]
+    net = local_network(units, split=3, input_shape=(3, 16, 16), num_classes=10, entry_norm="layer")
+    assert {p.dtype for p in net.parameters()} == {torch.float64}
+    ys, _ = net.forward_features(torch.zeros(2, 3, 16, 16, dtype=torch.float64))
+    assert [y.dtype for y in ys] == [torch.float64] * 3
+
+
 def test_partition_factor_of_arbitrary_widths():
     """P_k = clamp(floor(alpha * C_K / C_k), 1, min(H_k, W_k)) from the modules' output channels."""
     widths, sizes = [3, 7, 13, 50], [16, 8, 8, 4]

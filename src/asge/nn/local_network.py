@@ -20,7 +20,7 @@ from .block import ASGEBlock
 from .local_module import LocalModule
 from .local_rules import measure_head
 from .model import ASGENet
-from .split import split_at, split_units
+from .split import example_input, split_at, split_units
 
 #: Modules a cut network is split into when no ``split`` is given.
 DEFAULT_MODULES = 4
@@ -131,10 +131,7 @@ def network_of_units(units: Sequence[nn.Module], note: str, *, input_shape: tupl
                      projection: str = "fixed", entry_norm: str = "none", seed: int = 0) -> ASGENet:
     """:func:`local_network` once the units are known: group them by ``split`` and wrap the modules."""
     c, h, w = input_shape
-    first = next((p for u in units for p in u.parameters()), None)
-    example = torch.zeros(2, c, h, w, device=first.device if first is not None else None,
-                          dtype=first.dtype if first is not None else None)
-    modules = split_modules(units, DEFAULT_MODULES if split is None else split, example)
+    modules = split_modules(units, DEFAULT_MODULES if split is None else split, example_input(units, (c, h, w)))
     net = ASGENet.from_modules(modules, in_channels=c, image_size=h, num_classes=num_classes, alpha=alpha,
                                goodness=goodness, head_features=head_features, fusion_from=fusion_from,
                                projection=projection, rule=rule, entry_norm=entry_norm, seed=seed)

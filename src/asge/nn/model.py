@@ -12,7 +12,7 @@ from .goodness import partition_factor
 from .heads import Heads, check_strategy
 from .local_module import LocalModule
 from .presets import get_preset, scale_channels
-from .split import trace_chain
+from .split import example_input, trace_chain
 
 
 class ASGENet(nn.Module):
@@ -106,16 +106,15 @@ class ASGENet(nn.Module):
         measures each module's multiply-accumulates (:func:`asge.nn.split.trace_chain`). Module k's
         partition is ``P_k = partition_factor(C_k, C_K, alpha, min(H_k, W_k))`` from its output channels C_k
         and the last module's C_K. ``entry_norm`` (``layer``, ``rms``; default ``none``) normalises the input
-        of modules 2..K (the paper's block-entry norm), its parameters trained by its module's loss. ``seed`` draws the rules' projections, then the heads, in module order;
-        the modules' own parameters are as given (seed torch before building them). The rules and heads are
-        drawn on the CPU, then moved to the device and dtype of the modules' first parameter.
+        of modules 2..K (the paper's block-entry norm), its parameters trained by its module's loss. ``seed``
+        draws the rules' projections, then the heads, in module order; the modules' own parameters are as given
+        (seed torch before building them). The rules, entry norms and heads are drawn on the CPU, then moved to
+        the device and dtype of the modules' first parameter.
         """
         modules = list(modules)
         if not modules:
             raise ValueError("from_modules needs at least one module")
-        first = next((p for m in modules for p in m.parameters()), None)
-        device, dtype = (first.device, first.dtype) if first is not None else (None, None)
-        example = torch.zeros(2, in_channels, image_size, image_size, device=device, dtype=dtype)
+        example = example_input(modules, (in_channels, image_size, image_size))
         traces = trace_chain(modules, example)
         last_channels = traces[-1].out_shape[0]
         generator = torch.Generator().manual_seed(seed)
@@ -128,10 +127,10 @@ class ASGENet(nn.Module):
         nn.Module.__init__(net)
         net._assemble(blocks, num_classes=num_classes, image_size=image_size, alpha=alpha, fusion_from=fusion_from,
                       generator=generator)
-        if first is not None:
-            for part in (*[b.rule for b in net.blocks], net.heads):
-                part.to(device=device, dtype=dtype)
-            net.to(device=device)
+        device, dtype = example.device, example.dtype            # the modules' own (or torch's defaults)
+        for part in (*[b.rule for b in net.blocks], *[b.entry for b in net.blocks if b.entry is not None], net.heads):
+            part.to(device=device, dtype=dtype)
+        net.to(device=device)
         return net
 
     def __setattr__(self, name, value):

@@ -38,6 +38,14 @@ def evaluating(*modules: nn.Module):
             m.training = training
 
 
+def example_input(modules: Sequence[nn.Module], shape: tuple[int, int, int], batch: int = 2) -> torch.Tensor:
+    """Zeros (batch, C, H, W) of ``shape`` on the device and in the dtype of the first parameter of
+    ``modules`` (torch's defaults when they have none): the input of a dry run through them."""
+    first = next((p for m in modules for p in m.parameters()), None)
+    return torch.zeros(batch, *shape, device=None if first is None else first.device,
+                       dtype=None if first is None else first.dtype)
+
+
 def trace_chain(modules: Sequence[nn.Module], example: torch.Tensor) -> list[Trace]:
     """Run ``example`` (B, C, H, W) through ``modules`` in turn, once: each module's input and output shapes and
     its multiply-accumulates per image (convolutions and matrix products, torch's flop counter: the count on
