@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -56,7 +57,7 @@ def bench(args, loss: str, k: int) -> dict:
     cmd = [sys.executable, "-m", "asge", "bench", "--model", args.model, "--split", str(k), "--local-loss", loss,
            "--batch-size", "128", "--steps", str(args.bench_steps), "--out", str(out), "--force",
            *shlex.split(args.bench_flags)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **dict(__import__("os").environ)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **os.environ})
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["bench failed"])[-1]}
     return json.loads((out / "bench.json").read_text())
@@ -65,7 +66,7 @@ def bench(args, loss: str, k: int) -> dict:
 def table(args, results: dict, benches: dict) -> str:
     """Markdown, one row per rule and K (and BP): mean ± sd over the finished seeds."""
     lines = ["| rule | K | seeds | Fusion | Last | Best (l*) | each module (mean) | images/s vs BP | saved activations "
-             "vs BP | head params | head MACs / module MACs (max, train) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs BP | head params | head MACs / module MACs (max, train) |", "|---" * 11 + "|"]
     for loss in [*args.losses, "bp"]:
         for k in (sorted(args.splits) if loss != "bp" else [None]):
             runs = [results[n] for n in results if n.startswith(f"{loss}-k{k}-s" if k else "bp-s")

@@ -158,7 +158,8 @@ def key_choices() -> dict[str, list[str]]:
     from .recipes import RECIPES
     return {"recipe": list(RECIPES), "dataset": list(DATASETS), "model": list(PRESETS), "pool": list(POOLS),
             "local_loss": list(LOCAL_RULES),
-            "norm": list(NORMS), "module_norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS), "context": list(CONTEXTS),
+            "norm": list(NORMS), "module_norm": list(NORMS), "goodness": list(GOODNESS_REDUCTIONS),
+            "context": list(CONTEXTS),
             "head_features": list(HEAD_FEATURES), "method": list(METHODS), "amp": list(AMP_MODES),
             "progress": list(PROGRESS_MODES), "augment": [AUGMENT_AUTO, *AUGMENTATIONS],
             "projection": list(PROJECTIONS), "cuda_graphs": list(CUDA_GRAPHS_MODES)}

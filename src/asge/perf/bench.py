@@ -3,10 +3,11 @@
 The network is any that ``asge train`` takes (``--model``: a VGG preset, a CIFAR ResNet, torchvision:NAME,
 timm:NAME), ASGE training it cut into ``--split`` modules each learning from ``--local-loss``, BP end to end;
 each ``--width`` and ``--split`` value gives a row. Both methods train their own copy of one network (same
-seed, same initial weights) on the same sequence of batches. Timing alternates short chunks of steps (ASGE, BP, BP, ASGE, ...) so that machine noise hits both
-alike; images/s is the total images over the total time of each method's chunks. Memory: the peak bytes
-autograd saves for backward over one step (``activation_memory.py``; for ASGE one block's graph at a time,
-for BP the whole network's), and on CUDA the peak allocated memory of a step. FLOPs: ``flops.py``.
+seed, same initial weights) on the same sequence of batches. Timing alternates short chunks of steps (ASGE,
+BP, BP, ASGE, ...) so that machine noise hits both alike; images/s is the total images over the total time
+of each method's chunks. Memory: the peak bytes autograd saves for backward over one step
+(``activation_memory.py``; for ASGE one block's graph at a time, for BP the whole network's), and on CUDA the
+peak allocated memory of a step. FLOPs: ``flops.py``.
 
 ``--equal-memory`` adds, per width, a row with ASGE at the largest batch whose step needs no more memory
 than BP's (:func:`equal_memory_batch`): images/s at equal memory, a different optimisation (a larger batch)

@@ -533,15 +533,15 @@ def markdown_text(rows: list[dict], meta: dict) -> str:
              "Test accuracy (%) of the best-validation checkpoint per strategy; l* = best block (chosen on "
              "validation). Parameters of the blocks (heads excluded); context params = blocks minus those of "
              "the same pool (split and rule) without context. Split: the modules the network is cut into "
-             "(--split), each trained by its rule (--local-loss) alone. Epoch s = mean training time per epoch (metrics.jsonl), "
-             "vs ref = relative to the reference setting.", ""]
+             "(--split), each trained by its rule (--local-loss) alone. Epoch s = mean training time per epoch "
+             "(metrics.jsonl), vs ref = relative to the reference setting.", ""]
     return "\n".join(text)
 
 
 #: Columns of ablation-seeds.csv (``--seeds``): one row per setting and seed.
 SEED_CSV_COLUMNS = ("setting", "pool", "context", "split", "local_loss", "seed", "status", "fusion", "last",
-                    "best", "best_block", "block_test_accuracy", "parameters_blocks", "epochs", "epoch_seconds", "images_per_second",
-                    "run_dir", "error")
+                    "best", "best_block", "block_test_accuracy", "parameters_blocks", "epochs", "epoch_seconds",
+                    "images_per_second", "run_dir", "error")
 
 
 def write_tables(rows: list[dict], out: Path, meta: dict, seed_rows: Optional[list[dict]] = None) -> None:
@@ -620,5 +620,5 @@ def command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["run_ablation", "grid_settings", "split_context_options", "options_for", "markdown_table",
-           "csv_text", "setting_name", "parse_splits", "Setting", "add_arguments", "command", "DEFAULT_POOLS", "DEFAULT_CONTEXTS", "GRIDS",
-           "CSV_COLUMNS"]
+           "csv_text", "setting_name", "parse_splits", "Setting", "add_arguments", "command", "DEFAULT_POOLS",
+           "DEFAULT_CONTEXTS", "GRIDS", "CSV_COLUMNS"]

@@ -106,7 +106,8 @@ def describe_data(data, val_images: int) -> list[str]:
                      f"the run directory's {UNREADABLE_FILE}; first: {data.unreadable[0]}")
     if val_images < SMALL_VALIDATION:
         lines.append(f"note: the best epoch and l* are chosen on {val_images} validation images (under "
-                     f"{SMALL_VALIDATION}): expect them to be noisy (the summary table and asge report give 95% intervals of the test accuracies)")
+                     f"{SMALL_VALIDATION}): expect them to be noisy (the summary table and asge report give 95% "
+                     "intervals of the test accuracies)")
     return lines
 
 
@@ -163,8 +164,8 @@ def train_run(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Optional[
     its ``last.pt``. SIGTERM or SIGINT stops the run after its current step with a checkpoint of that point
     and raises :class:`~asge.errors.Preempted`. ``on_epoch_end(epoch, record)`` is called after each epoch's
     checkpoint is written. ``method_factory(net, cfg, total_steps, device)`` replaces ``METHODS[cfg.method]``
-    (fit's ``method_factory``; the pipeline and data-parallel modes); ``world`` makes this one rank of a data-parallel group;
-    ``network`` is trained instead of the one the config names (:func:`asge.local_network`).
+    (fit's ``method_factory``; the pipeline and data-parallel modes); ``world`` makes this one rank of a
+    data-parallel group; ``network`` is trained instead of the one the config names (:func:`asge.local_network`).
     """
     cfg = ready_config(cfg)
     with contextlib.ExitStack() as held:
@@ -429,8 +430,9 @@ def summarise(s: Session, state: RunState, test: dict) -> dict:
     from ..runs.provenance import device_name, provenance
     cfg, net, data, best = s.cfg, s.net, s.data, state.best
     summary = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "split": cfg.split,
-               "local_loss": None if cfg.method == "bp" else cfg.local_loss, "width": cfg.width, "channels": net.channels, "epochs": cfg.epochs,
-               "seed": cfg.seed, "subset": cfg.subset,
+               "local_loss": None if cfg.method == "bp" else cfg.local_loss,     # backprop has no local rule
+               "width": cfg.width, "channels": net.channels, "epochs": cfg.epochs, "seed": cfg.seed,
+               "subset": cfg.subset,
                "recipe": cfg.recipe, "headline": headline_strategy(cfg.method),
                "test_accuracy": strategy_scores(cfg.method, test), "best_epoch": best["epoch"],
                "val_accuracy": strategy_scores(cfg.method, best["val"]), "data": data.info.to_dict(),

@@ -25,11 +25,10 @@ def network_config(cfg: TrainConfig, network) -> TrainConfig:
     """``cfg`` for a network given from Python: model ``python``, and the split and local rule the network has
     (its module count; its modules' rule), so that config.yaml and summary.json say what was trained. Keys
     that describe a network to build are refused in one line."""
-    rules = {getattr(getattr(block, "rule", None), "name", "asge") for block in network.blocks}
+    rules = {getattr(getattr(block, "rule", None), "name", "asge") for block in network.blocks}   # ASGEBlock: asge
     rule = rules.pop() if len(rules) == 1 else cfg.local_loss
-    given = [key for key, value, unset in (("model", cfg.model, (None, PYTHON_MODEL)), ("split", cfg.split, (None,)),
-                                           ("module_norm", cfg.module_norm, ("none",)),
-                                           ("local_loss", cfg.local_loss, ("asge", rule))) if value not in unset]
+    unset = {"model": (None, PYTHON_MODEL), "split": (None,), "module_norm": ("none",), "local_loss": ("asge", rule)}
+    given = [key for key, values in unset.items() if getattr(cfg, key) not in values]
     if given:
         raise AsgeError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} a network to build; with "
                         "network=... leave them unset (the network has its own modules and rule)")

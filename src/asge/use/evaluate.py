@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-
 from ..errors import RunDirError
 from ..nn.heads import STRATEGIES
 from .inference import check_run_strategy, open_best_checkpoint
