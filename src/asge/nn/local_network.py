@@ -164,7 +164,7 @@ def describe_modules(net: ASGENet) -> list[dict]:
             head, body = block.rule, block.body
             units = list(body.unit_range) if isinstance(getattr(body, "unit_range", None), range) else [k]
             row = {"units": [units[0], units[-1]], "out_shape": list(block.out_shape),
-                   "parameters": count(body) + (count(block.entry) if block.entry is not None else 0),
+                   "parameters": count(block) - count(head),            # its body and entry norm
                    "macs": block.macs}
             cost = measure_head(head, block.out_shape, net.num_classes)
             head_macs, train_macs = cost.macs, cost.train_macs
